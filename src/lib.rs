@@ -1,0 +1,14 @@
+//! identity-link-worker: links a visitor's anonymous identity to their user
+//! identity in MonetizationOS, driven by auth events from RabbitMQ.
+//!
+//! Layout follows the flow of one message:
+//! - `config`: the environment, parsed once into typed settings.
+//! - `domain`: the event, its identifiers and the outcome of handling it (no I/O).
+//! - `link`: the output side, the MonetizationOS client and the worker's half of
+//!   check-then-create (single flight + linked cache).
+//! - `handler`: the per-message decision `handle(..) -> Outcome`.
+//! - `broker`: the input side, topology, consumer loop, confirmed re-publishing, DLQ tools.
+//! - `ops`: metrics, HTTP endpoints, circuit breaker, telemetry, shutdown.
+//! - `sim`: `mos-sim`, a faithful simulator of the MonetizationOS endpoint.
+
+pub mod sim;

@@ -1,0 +1,1 @@
+//! mos-sim: placeholder, filled in by the simulator work.
