@@ -1,1 +1,107 @@
-//! mos-sim: placeholder, filled in by the simulator work.
+//! mos-sim: a faithful simulator of the MonetizationOS "Link Identities"
+//! endpoint, for integration tests, the demo, the benchmark and docker-compose.
+//!
+//! The link route reproduces the real workflow, including its weakness: the
+//! check ("is this pair already linked?") and the create are two separate
+//! steps with a configurable `pause` between them, so concurrent identical
+//! requests really do create duplicate links. That is the race the worker
+//! has to prevent, and the counters let tests prove whether it did.
+//!
+//! Faults (latency, status sequences, random failures, dropped connections,
+//! a revoked key) can be set at start and changed at run time, either through
+//! [`MosSim`] in-process or through the `/_sim/*` control routes.
+//!
+//! Layout: `faults` (what to inject), `store` (links and counters), `routes`
+//! (the axum router), `server` (accept loop that can drop connections).
+
+mod faults;
+mod routes;
+mod server;
+mod state;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use faults::{Faults, RateFault};
+pub use server::MosSim;
+pub use store::SimLink;
+
+/// Path of the link route as the simulator's own helpers address it; the
+/// router accepts any environment id in place of `sim`.
+pub const ENDPOINT_PATH: &str = "/api/v1/envs/sim/endpoints/link-identities";
+
+/// Key used when none is configured.
+pub const DEFAULT_SECRET_KEY: &str = "sim-secret-key";
+
+/// Pause between check and create when none is configured.
+pub const DEFAULT_PAUSE: Duration = Duration::from_millis(5);
+
+/// How the simulator starts. Everything but `plain_success` can also be
+/// changed on a running [`MosSim`].
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Accepted value after `Bearer ` in the `X-MOS-Key` header.
+    pub secret_key: String,
+    /// Sleep between "no link found" and "create link" (the race window).
+    pub pause: Duration,
+    /// Answer `{"message":"Success"}` without `outcome`, like the original recipe.
+    pub plain_success: bool,
+    /// Faults active from the first request.
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            secret_key: DEFAULT_SECRET_KEY.to_owned(),
+            pause: DEFAULT_PAUSE,
+            plain_success: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+// Hand-written so the key never reaches a log line through `{:?}`.
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("secret_key", &"<redacted>")
+            .field("pause", &self.pause)
+            .field("plain_success", &self.plain_success)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+/// Counters since start or the last reset, as served by `GET /_sim/stats`.
+///
+/// `requests` counts every request that reached the link route, faulted and
+/// dropped ones included; `statuses` counts the responses actually sent, so
+/// `requests - sum(statuses)` is the number of dropped (or still running)
+/// requests. `links` is the number of links currently stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SimStats {
+    pub requests: u64,
+    pub creates: u64,
+    pub duplicates: u64,
+    pub already_linked: u64,
+    pub links: u64,
+    pub statuses: BTreeMap<String, u64>,
+}
+
+impl SimStats {
+    /// Responses sent with `status`, 0 if none.
+    pub fn status(&self, status: u16) -> u64 {
+        self.statuses
+            .get(status.to_string().as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,259 @@
+//! Build, then run: `Application::build` parses nothing and binds the
+//! operations port (port 0 works in tests); `run_until_stopped` connects,
+//! consumes, reconnects with backoff, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::connection::BrokerSession;
+use crate::broker::consumer::{Pipeline, SessionEnd, run_session};
+use crate::broker::topology::Topology;
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::link::{CallError, LinkClient, LinkedCache, Linker};
+use crate::ops::circuit::{Circuit, TripReason};
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
+use crate::ops::{http, telemetry::ident};
+
+/// Reconnect backoff: from 200 ms, doubling, capped at 30 s.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on LINKER_HTTP_ADDR {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(String),
+}
+
+pub struct Application {
+    config: Config,
+    metrics: Arc<Metrics>,
+    circuit: Arc<Circuit>,
+    readiness: Arc<Readiness>,
+    linker: Arc<Linker>,
+    pipeline: Arc<Pipeline>,
+    listener: TcpListener,
+    ops_addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new(&config.routing_keys));
+        let circuit = Arc::new(Circuit::new(
+            config.circuit_failure_threshold,
+            metrics.clone(),
+        ));
+        let readiness = Arc::new(Readiness::new(circuit.clone(), metrics.clone()));
+        let client = LinkClient::new(&config, metrics.clone()).map_err(StartError::Client)?;
+        let linker = Arc::new(Linker::new(
+            client,
+            LinkedCache::new(config.linked_cache_size, config.linked_cache_ttl),
+            circuit.clone(),
+            metrics.clone(),
+            config.immediate_retries,
+        ));
+        let pipeline = Arc::new(Pipeline {
+            handler: Handler::new(&config, linker.clone(), circuit.clone()),
+            topology: Topology::from_config(&config),
+            metrics: metrics.clone(),
+            circuit: circuit.clone(),
+        });
+        let listener = http::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let ops_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+        Ok(Self {
+            config,
+            metrics,
+            circuit,
+            readiness,
+            linker,
+            pipeline,
+            listener,
+            ops_addr,
+        })
+    }
+
+    /// The bound operations address (useful with port 0).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.pipeline.topology
+    }
+
+    /// Runs until `stop` is cancelled; then stops taking deliveries, lets
+    /// in-flight work finish within the grace period, closes the broker
+    /// connection cleanly and returns.
+    pub async fn run_until_stopped(self, stop: CancellationToken) {
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            self.listener,
+            http::router(self.metrics.clone(), self.readiness.clone()),
+            http_stop.clone(),
+        ));
+        let probe_task = tokio::spawn(probe_loop(
+            self.circuit.clone(),
+            self.linker.clone(),
+            self.config.circuit_probe_interval,
+            stop.clone(),
+        ));
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let tasks = TaskTracker::new();
+        let mut backoff = RECONNECT_MIN;
+        tracing::info!(
+            broker = %self.config.amqp_url,
+            queue = %self.config.queue,
+            ops = %self.ops_addr,
+            "identity-link-worker starting"
+        );
+        while !stop.is_cancelled() {
+            let opened = tokio::select! {
+                _ = stop.cancelled() => break,
+                opened = BrokerSession::open(
+                    &self.config.amqp_url,
+                    &self.pipeline.topology,
+                    self.config.declare_topology,
+                    self.config.prefetch,
+                ) => opened,
+            };
+            let session = match opened {
+                Ok(session) => session,
+                Err(error) => {
+                    self.readiness.set_connected(false);
+                    tracing::error!(%error, retry_in = ?backoff, "broker session failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            };
+            self.readiness.set_connected(true);
+            tracing::info!(broker = %self.config.amqp_url, "connected to the broker");
+            backoff = RECONNECT_MIN;
+            match run_session(
+                &session,
+                &self.pipeline,
+                &self.readiness,
+                &permits,
+                &tasks,
+                &stop,
+            )
+            .await
+            {
+                SessionEnd::Stopped => {
+                    self.readiness.set_stopping();
+                    drain(&tasks, self.config.shutdown_grace).await;
+                    session.close().await;
+                    self.readiness.set_connected(false);
+                    break;
+                }
+                SessionEnd::Lost(reason) => {
+                    self.readiness.set_connected(false);
+                    tracing::warn!(%reason, "broker connection lost; reconnecting");
+                    // Close what is left; unacked deliveries go back to the queue.
+                    session.close().await;
+                }
+            }
+        }
+        self.readiness.set_stopping();
+        drain(&tasks, self.config.shutdown_grace).await;
+        probe_task.abort();
+        http_stop.cancel();
+        let _ = http_task.await;
+        tracing::info!("identity-link-worker stopped");
+    }
+}
+
+/// Waits for in-flight messages, at most `grace`. What is still running after
+/// that is left unacked: closing the channel hands it back to the broker.
+async fn drain(tasks: &TaskTracker, grace: Duration) {
+    tasks.close();
+    let in_flight = tasks.len();
+    if in_flight == 0 {
+        return;
+    }
+    tracing::info!(in_flight, ?grace, "waiting for in-flight messages");
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            still_running = tasks.len(),
+            "shutdown grace elapsed; unfinished messages are handed back to the broker"
+        );
+    }
+}
+
+/// While the circuit is open, repeats the call that tripped it every
+/// `interval`; the first answer showing the target up and the key accepted
+/// closes it.
+async fn probe_loop(
+    circuit: Arc<Circuit>,
+    linker: Arc<Linker>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut state = circuit.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = async { state.wait_for(|open| *open).await.map(|_| ()) } => if opened.is_err() { return },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let Some(request) = circuit.probe_request() else {
+            continue;
+        };
+        let request_id = format!("circuit-probe-{}", uuid::Uuid::new_v4());
+        match linker.client().link(&request, &request_id).await {
+            Ok(_) => {
+                linker.cache().insert(&request);
+                circuit.close();
+            }
+            // The endpoint answered a 4xx other than 401/403: up, and the key is accepted.
+            Err(CallError::Permanent { .. }) => circuit.close(),
+            Err(CallError::Unauthorized { message, .. }) => {
+                tracing::error!(
+                    error = %message,
+                    next_probe_in = ?interval,
+                    "the link endpoint still refuses the key; check LINKER_MOS_SECRET_KEY"
+                );
+                circuit.still_open(TripReason::KeyRefused, &message);
+            }
+            Err(CallError::Transient { message, .. }) => {
+                tracing::error!(
+                    error = %message,
+                    next_probe_in = ?interval,
+                    anonymous = %ident(request.anonymous.as_str()),
+                    "the link endpoint is still unavailable"
+                );
+                circuit.still_open(TripReason::TargetUnavailable, &message);
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! mos-sim: runs the MonetizationOS "Link Identities" simulator as a
+//! standalone server (docker-compose, demo, manual tests).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use identity_link_worker::sim::{Faults, MosSim, RateFault, SimConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Simulated MonetizationOS Link Identities endpoint with fault injection.
+///
+/// Control routes (no auth): GET /_sim/stats, GET /_sim/links,
+/// GET|PUT|DELETE /_sim/faults, PUT /_sim/key, POST /_sim/reset, GET /_sim/healthz.
+#[derive(Parser)]
+#[command(name = "mos-sim", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "MOS_SIM_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+
+    /// Accepted secret key (sent by clients as `X-MOS-Key: Bearer <key>`).
+    #[arg(
+        long,
+        env = "MOS_SIM_KEY",
+        hide_env_values = true,
+        required_unless_present = "key_file",
+        conflicts_with = "key_file"
+    )]
+    key: Option<String>,
+
+    /// File holding the secret key (surrounding whitespace is ignored).
+    #[arg(long, env = "MOS_SIM_KEY_FILE")]
+    key_file: Option<PathBuf>,
+
+    /// Pause between the "already linked?" check and the create (the race window).
+    #[arg(long, env = "MOS_SIM_PAUSE", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pause: Duration,
+
+    /// Answer {"message":"Success"} without `outcome`, like the original recipe.
+    #[arg(
+        long,
+        env = "MOS_SIM_PLAIN",
+        action = clap::ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    plain: bool,
+
+    /// Added delay per request.
+    #[arg(long, env = "MOS_SIM_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
+    latency: Duration,
+
+    /// Random extra delay per request, up to this much.
+    #[arg(long, env = "MOS_SIM_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+
+    /// Status codes answered to the first requests, in order (e.g. 503,503,429).
+    #[arg(long, env = "MOS_SIM_STATUSES", value_delimiter = ',')]
+    statuses: Vec<u16>,
+
+    /// Fail this share of requests with a status, as STATUS:PROBABILITY (e.g. 503:0.1).
+    #[arg(long, env = "MOS_SIM_FAIL_RATE", value_parser = parse_fail_rate)]
+    fail_rate: Option<RateFault>,
+
+    /// Close the connection without a response for this many requests.
+    #[arg(long, env = "MOS_SIM_DROP", default_value_t = 0)]
+    drop: u64,
+
+    /// Close the connection without a response with this probability (0.0..=1.0).
+    #[arg(long, env = "MOS_SIM_DROP_RATE", default_value_t = 0.0)]
+    drop_rate: f64,
+
+    /// Retry-After seconds sent with 429 answers.
+    #[arg(long, env = "MOS_SIM_RETRY_AFTER", default_value_t = 1)]
+    retry_after: u64,
+}
+
+fn parse_fail_rate(s: &str) -> Result<RateFault, String> {
+    let (status, probability) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected STATUS:PROBABILITY, got {s:?}"))?;
+    let status = status
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad status {status:?}: {e}"))?;
+    let probability = probability
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad probability {probability:?}: {e}"))?;
+    Ok(RateFault {
+        status,
+        probability,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Args {
+    fn into_config(self) -> Result<SimConfig, String> {
+        let secret_key = match (self.key, &self.key_file) {
+            (Some(key), _) => key,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err("--key or --key-file is required".to_owned()),
+        };
+        if secret_key.is_empty() {
+            return Err("the secret key must not be empty".to_owned());
+        }
+        let faults = Faults {
+            latency_ms: millis(self.latency),
+            jitter_ms: millis(self.jitter),
+            statuses: self.statuses,
+            rate: self.fail_rate,
+            drop: self.drop,
+            drop_rate: self.drop_rate,
+            retry_after_secs: self.retry_after,
+            retry_after_http_date: false,
+        };
+        faults.validate()?;
+        Ok(SimConfig {
+            secret_key,
+            pause: self.pause,
+            plain_success: self.plain,
+            faults,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Logs go to stderr so stdout carries only the "listening" line.
+    let stderr = std::io::stderr();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr.is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let args = Args::parse();
+    let addr = args.addr;
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mos-sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SimConfig's Debug redacts the key.
+    tracing::info!(?config, "mos-sim starting");
+
+    let sim = match MosSim::start(addr, config).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("mos-sim: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("mos-sim listening on http://{}", sim.addr());
+
+    if let Err(e) = shutdown_signal().await {
+        tracing::error!(error = %e, "cannot wait for signals, shutting down");
+    }
+    tracing::info!("mos-sim shutting down");
+    sim.shutdown().await;
+    tracing::info!("mos-sim stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
+    }
+}

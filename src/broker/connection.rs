@@ -1,0 +1,100 @@
+//! One broker session: a connection, a consuming channel with prefetch, and
+//! a publishing channel in confirm mode.
+
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::LongString;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use super::publisher::Publisher;
+use super::topology::Topology;
+use crate::config::AmqpUrl;
+
+pub struct BrokerSession {
+    pub connection: Connection,
+    pub consume: Channel,
+    pub publisher: Publisher,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to the broker at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("broker channel setup failed: {0}")]
+    Channel(lapin::Error),
+    #[error("declaring the topology failed: {0}")]
+    Declare(lapin::Error),
+    #[error("{0}")]
+    Verify(String),
+}
+
+pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, SessionError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    Connection::connect(url.expose(), properties)
+        .await
+        .map_err(|source| SessionError::Connect {
+            url: url.redacted(),
+            source,
+        })
+}
+
+impl BrokerSession {
+    pub async fn open(
+        url: &AmqpUrl,
+        topology: &Topology,
+        declare: bool,
+        prefetch: u16,
+    ) -> Result<Self, SessionError> {
+        let connection = connect(url, "identity-link-worker").await?;
+        if declare {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(SessionError::Channel)?;
+            topology
+                .declare(&channel)
+                .await
+                .map_err(SessionError::Declare)?;
+            let _ = channel.close(200, "topology declared".into()).await;
+        } else {
+            topology
+                .verify(&connection)
+                .await
+                .map_err(SessionError::Verify)?;
+        }
+        let consume = connection
+            .create_channel()
+            .await
+            .map_err(SessionError::Channel)?;
+        consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(SessionError::Channel)?;
+        let publish = open_confirm_channel(&connection)
+            .await
+            .map_err(SessionError::Channel)?;
+        Ok(Self {
+            connection,
+            consume,
+            publisher: Publisher::new(publish),
+        })
+    }
+
+    pub async fn close(&self) {
+        let _ = self.consume.close(200, "shutting down".into()).await;
+        let _ = self
+            .publisher
+            .channel()
+            .close(200, "shutting down".into())
+            .await;
+        let _ = self.connection.close(200, "shutting down".into()).await;
+    }
+}
+
+pub async fn open_confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}

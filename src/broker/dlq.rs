@@ -1,0 +1,230 @@
+//! The dead-letter tools: `dlq stats | list | replay`.
+//!
+//! Messages are read with `basic.get` and held unacked while we look, so the
+//! queue is never changed by looking; closing the channel puts back what we
+//! did not take. A replay publishes the copy to its original exchange and
+//! routing key, waits for the broker's confirm, and only then acks (removes)
+//! the dead letter: a crash in between leaves a duplicate, never a loss.
+
+use std::collections::BTreeMap;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use serde::Serialize;
+
+use super::connection::open_confirm_channel;
+use super::headers;
+use super::publisher::{PublishError, Publisher};
+use super::topology::Topology;
+
+/// `dlq stats` looks at no more than this many messages to count reasons.
+pub const STATS_SCAN_LIMIT: usize = 100_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterView {
+    pub reason: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub original_exchange: Option<String>,
+    pub original_routing_key: Option<String>,
+    pub failed_at: Option<String>,
+    pub message_id: Option<String>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DlqStats {
+    pub queue: String,
+    pub messages: u32,
+    pub scanned: usize,
+    pub by_reason: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReplayReport {
+    pub replayed: usize,
+    pub left: usize,
+    pub failed: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("{0}")]
+    Publish(#[from] PublishError),
+}
+
+fn reason_of(props: &lapin::BasicProperties) -> String {
+    headers::get_str(props, headers::REASON)
+        .or_else(|| {
+            headers::x_death_reason(props).map(|r| {
+                if r == "delivery_limit" {
+                    headers::DELIVERY_LIMIT_REASON.to_owned()
+                } else {
+                    r
+                }
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn view(delivery: &lapin::message::Delivery) -> DeadLetterView {
+    let props = &delivery.properties;
+    let body = String::from_utf8_lossy(&delivery.data);
+    let body = headers::truncate(&body, 2048).to_owned();
+    DeadLetterView {
+        reason: reason_of(props),
+        error: headers::get_str(props, headers::ERROR),
+        attempts: headers::get_u32(props, headers::ATTEMPTS),
+        original_exchange: headers::get_str(props, headers::ORIGINAL_EXCHANGE),
+        original_routing_key: headers::get_str(props, headers::ORIGINAL_ROUTING_KEY),
+        failed_at: headers::get_str(props, headers::FAILED_AT),
+        message_id: props.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        body,
+    }
+}
+
+async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
+/// Reads up to `limit` messages without removing them; they go back when
+/// the returned channel is closed.
+async fn browse(
+    connection: &Connection,
+    queue: &str,
+    limit: usize,
+) -> Result<(Channel, Vec<lapin::message::Delivery>), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let mut seen = Vec::new();
+    let total = depth(&channel, queue).await? as usize;
+    while seen.len() < limit.min(total) {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            Some(message) => seen.push(message.delivery),
+            None => break,
+        }
+    }
+    Ok((channel, seen))
+}
+
+pub async fn stats(connection: &Connection, topology: &Topology) -> Result<DlqStats, DlqError> {
+    let (channel, seen) = browse(connection, &topology.dead_letter, STATS_SCAN_LIMIT).await?;
+    let mut stats = DlqStats {
+        queue: topology.dead_letter.clone(),
+        messages: depth(&channel, &topology.dead_letter).await?,
+        scanned: seen.len(),
+        ..DlqStats::default()
+    };
+    for delivery in &seen {
+        *stats
+            .by_reason
+            .entry(reason_of(&delivery.properties))
+            .or_default() += 1;
+    }
+    let _ = channel.close(200, "dlq stats done".into()).await;
+    Ok(stats)
+}
+
+pub async fn list(
+    connection: &Connection,
+    topology: &Topology,
+    limit: usize,
+) -> Result<Vec<DeadLetterView>, DlqError> {
+    let (channel, seen) = browse(connection, &topology.dead_letter, limit).await?;
+    let views = seen.iter().map(view).collect();
+    let _ = channel.close(200, "dlq list done".into()).await;
+    Ok(views)
+}
+
+/// Moves up to `limit` dead letters (of `reason`, if given) back to their
+/// original exchange and routing key, with the attempts reset.
+pub async fn replay(
+    connection: &Connection,
+    topology: &Topology,
+    limit: usize,
+    reason: Option<&str>,
+) -> Result<ReplayReport, DlqError> {
+    let publisher = Publisher::new(open_confirm_channel(connection).await?);
+    // Scan everything when filtering by reason: matches may be anywhere.
+    let scan = if reason.is_some() {
+        STATS_SCAN_LIMIT
+    } else {
+        limit
+    };
+    let (channel, seen) = browse(connection, &topology.dead_letter, scan).await?;
+    let mut report = ReplayReport::default();
+    for delivery in seen {
+        let props = &delivery.properties;
+        let wanted = report.replayed < limit && reason.is_none_or(|r| reason_of(props) == r);
+        if !wanted {
+            report.left += 1;
+            continue;
+        }
+        let route = match (
+            headers::get_str(props, headers::ORIGINAL_EXCHANGE),
+            headers::get_str(props, headers::ORIGINAL_ROUTING_KEY),
+        ) {
+            (Some(exchange), Some(routing_key)) => Some((exchange, routing_key)),
+            // Dead-lettered by the broker itself (delivery limit): use x-death.
+            _ => headers::x_death_route(props),
+        };
+        let Some((exchange, routing_key)) = route else {
+            report.left += 1;
+            report
+                .failed
+                .push("a message has no original exchange/routing key; left in place".to_owned());
+            continue;
+        };
+        let cleaned = headers::with_headers(
+            props,
+            &[],
+            &[
+                headers::ATTEMPTS,
+                headers::REASON,
+                headers::ERROR,
+                headers::ORIGINAL_EXCHANGE,
+                headers::ORIGINAL_ROUTING_KEY,
+                headers::FAILED_AT,
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+                "x-delivery-count",
+            ],
+        );
+        match publisher
+            .publish(&exchange, &routing_key, &delivery.data, cleaned)
+            .await
+        {
+            Ok(()) => {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                report.replayed += 1;
+            }
+            Err(error) => {
+                report.left += 1;
+                report.failed.push(error.to_string());
+            }
+        }
+    }
+    let _ = channel.close(200, "dlq replay done".into()).await;
+    let _ = publisher
+        .channel()
+        .close(200, "dlq replay done".into())
+        .await;
+    Ok(report)
+}

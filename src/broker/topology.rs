@@ -1,0 +1,251 @@
+//! Every exchange and queue the worker uses, all named from `LINKER_QUEUE`
+//! and `LINKER_EXCHANGE`, declared idempotently (or only checked).
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ExchangeKind};
+
+use crate::config::{Config, delay_label};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryQueue {
+    pub name: String,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The auth service's topic exchange.
+    pub exchange: String,
+    pub routing_keys: Vec<String>,
+    /// The work queue (quorum).
+    pub queue: String,
+    /// `<queue>.dead`, fanout exchange and quorum queue of the same name.
+    pub dead_letter: String,
+    /// `<queue>.retry.<delay>`, one per step of the ladder.
+    pub retry_queues: Vec<RetryQueue>,
+    pub delivery_limit: u32,
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+impl Topology {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            exchange: config.exchange.clone(),
+            routing_keys: config.routing_keys.clone(),
+            queue: config.queue.clone(),
+            dead_letter: format!("{}.dead", config.queue),
+            retry_queues: config
+                .retry_delays
+                .iter()
+                .map(|delay| RetryQueue {
+                    name: format!("{}.retry.{}", config.queue, delay_label(*delay)),
+                    delay: *delay,
+                })
+                .collect(),
+            delivery_limit: config.delivery_limit,
+        }
+    }
+
+    /// The retry queue for a message that has had `attempts` delayed attempts.
+    pub fn retry_queue(&self, attempts: u32) -> Option<&RetryQueue> {
+        self.retry_queues.get(usize::try_from(attempts).ok()?)
+    }
+
+    /// Work queue: quorum, poison messages dead-lettered at-least-once.
+    pub fn work_queue_arguments(&self) -> FieldTable {
+        table(&[
+            ("x-queue-type", text("quorum")),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+            ),
+            ("x-dead-letter-exchange", text(&self.dead_letter)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            // at-least-once dead-lettering requires reject-publish.
+            ("x-overflow", text("reject-publish")),
+        ])
+    }
+
+    /// Retry queue: quorum too, so the way back into the work queue is also
+    /// at-least-once; the TTL expiry dead-letters into the work queue.
+    pub fn retry_queue_arguments(&self, delay: Duration) -> FieldTable {
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        table(&[
+            ("x-queue-type", text("quorum")),
+            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&self.queue)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ])
+    }
+
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        table(&[("x-queue-type", text("quorum"))])
+    }
+
+    /// Declares everything; idempotent, and fails if an existing queue has
+    /// other arguments (PRECONDITION_FAILED), which is what an operator wants to know.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter.as_str().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead_letter.as_str().into(),
+                durable_queue,
+                self.dead_letter_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter.as_str().into(),
+                self.dead_letter.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                durable_queue,
+                self.work_queue_arguments(),
+            )
+            .await?;
+        for key in &self.routing_keys {
+            channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for retry in &self.retry_queues {
+            channel
+                .queue_declare(
+                    retry.name.as_str().into(),
+                    durable_queue,
+                    self.retry_queue_arguments(retry.delay),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// With `LINKER_DECLARE_TOPOLOGY=false`: only check that everything exists.
+    /// A failed passive declare closes its channel, so each check gets its own.
+    pub async fn verify(&self, connection: &Connection) -> Result<(), String> {
+        let passive_queue = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let passive_exchange = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let mut missing = Vec::new();
+        for (name, kind) in [
+            (self.exchange.as_str(), Some(ExchangeKind::Topic)),
+            (self.dead_letter.as_str(), Some(ExchangeKind::Fanout)),
+        ] {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(kind) = kind {
+                if let Err(e) = channel
+                    .exchange_declare(name.into(), kind, passive_exchange, FieldTable::default())
+                    .await
+                {
+                    missing.push(format!("exchange {name:?} ({e})"));
+                    continue;
+                }
+            }
+            let _ = channel.close(200, "ok".into()).await;
+        }
+        let queues = std::iter::once(self.queue.as_str())
+            .chain(std::iter::once(self.dead_letter.as_str()))
+            .chain(self.retry_queues.iter().map(|r| r.name.as_str()));
+        for name in queues {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            match channel
+                .queue_declare(name.into(), passive_queue, FieldTable::default())
+                .await
+            {
+                Ok(_) => {
+                    let _ = channel.close(200, "ok".into()).await;
+                }
+                Err(e) => missing.push(format!("queue {name:?} ({e})")),
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "LINKER_DECLARE_TOPOLOGY=false but the broker lacks: {}",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    /// Removes everything this topology declared (tests and the demo).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for queue in std::iter::once(&self.queue)
+            .chain(std::iter::once(&self.dead_letter))
+            .chain(self.retry_queues.iter().map(|r| &r.name))
+        {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&self.exchange, &self.dead_letter] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}

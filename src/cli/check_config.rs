@@ -1,0 +1,106 @@
+//! `check-config`: parse, reach the broker, reach the endpoint without linking.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::broker::connection::connect;
+use crate::broker::topology::Topology;
+use crate::config::{Config, delay_label};
+use crate::link::{CallError, LinkClient};
+use crate::ops::metrics::Metrics;
+
+pub async fn run(config: &Config) -> ExitCode {
+    let topology = Topology::from_config(config);
+    println!("configuration: ok");
+    println!("  broker          {}", config.amqp_url);
+    println!(
+        "  topology        exchange {:?} keys {:?} -> queue {:?}; dead letters {:?}; retry queues {:?} ({})",
+        topology.exchange,
+        topology.routing_keys,
+        topology.queue,
+        topology.dead_letter,
+        topology
+            .retry_queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .collect::<Vec<_>>(),
+        if config.declare_topology {
+            "declared at start"
+        } else {
+            "must exist"
+        },
+    );
+    println!("  endpoint        {}", config.endpoint_url);
+    println!(
+        "  secret key      set ({} characters)",
+        config.secret_key.expose().chars().count()
+    );
+    println!(
+        "  retries         {} immediate, then delays {}",
+        config.immediate_retries,
+        config
+            .retry_delays
+            .iter()
+            .map(|d| delay_label(*d))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!(
+        "  prefetch/concurrency {}/{}",
+        config.prefetch, config.concurrency
+    );
+    println!("  operations HTTP {}", config.http_addr);
+    let mut ok = true;
+
+    match connect(&config.amqp_url, "identity-link-worker check-config").await {
+        Ok(connection) => {
+            println!("broker: reachable");
+            match topology.verify(&connection).await {
+                Ok(()) => println!("topology: present"),
+                Err(missing) if config.declare_topology => {
+                    println!(
+                        "topology: not all present yet (the worker declares it at start): {missing}"
+                    )
+                }
+                Err(missing) => {
+                    println!("topology: MISSING: {missing}");
+                    ok = false;
+                }
+            }
+            let _ = connection.close(200, "check-config done".into()).await;
+        }
+        Err(error) => {
+            println!("broker: UNREACHABLE: {error}");
+            ok = false;
+        }
+    }
+
+    // An empty body is answered 400 by the endpoint's workflow after the key
+    // was accepted, so this proves reachability and the key without linking.
+    match probe_endpoint(config).await {
+        Ok(status) => {
+            println!("endpoint: reachable, key accepted (answered {status} to an empty request)")
+        }
+        Err(problem) => {
+            println!("endpoint: {problem}");
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn probe_endpoint(config: &Config) -> Result<String, String> {
+    let metrics = Arc::new(Metrics::new(&config.routing_keys));
+    let client =
+        LinkClient::new(config, metrics).map_err(|e| format!("CANNOT BUILD CLIENT: {e}"))?;
+    match client.check_reachable().await {
+        Ok(status) => Ok(status.to_string()),
+        Err(CallError::Unauthorized { status, .. }) => Err(format!("KEY REFUSED (HTTP {status})")),
+        Err(CallError::Transient { message, .. }) => Err(format!("UNAVAILABLE: {message}")),
+        Err(CallError::Permanent { message, .. }) => Err(format!("UNEXPECTED ANSWER: {message}")),
+    }
+}

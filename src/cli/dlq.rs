@@ -1,0 +1,94 @@
+//! `dlq stats | list | replay`.
+
+use std::process::ExitCode;
+
+use crate::broker::connection::connect;
+use crate::broker::dlq;
+use crate::broker::topology::Topology;
+use crate::config::Config;
+
+async fn with_connection<F, Fut>(config: &Config, work: F) -> ExitCode
+where
+    F: FnOnce(lapin::Connection, Topology) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let topology = Topology::from_config(config);
+    let connection = match connect(&config.amqp_url, "identity-link-worker dlq").await {
+        Ok(connection) => connection,
+        Err(error) => {
+            eprintln!("dlq: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match work(connection, topology).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dlq: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn stats(config: &Config) -> ExitCode {
+    with_connection(config, |connection, topology| async move {
+        let stats = dlq::stats(&connection, &topology)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = connection.close(200, "done".into()).await;
+        println!(
+            "dead-letter queue {}: {} message(s)",
+            stats.queue, stats.messages
+        );
+        for (reason, count) in &stats.by_reason {
+            println!("  {reason:<26} {count}");
+        }
+        if stats.scanned < stats.messages as usize {
+            println!(
+                "  (reasons counted over the first {} messages)",
+                stats.scanned
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub async fn list(config: &Config, limit: usize) -> ExitCode {
+    with_connection(config, |connection, topology| async move {
+        let views = dlq::list(&connection, &topology, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = connection.close(200, "done".into()).await;
+        for view in &views {
+            println!(
+                "{}",
+                serde_json::to_string(view).map_err(|e| e.to_string())?
+            );
+        }
+        eprintln!("{} message(s) shown", views.len());
+        Ok(())
+    })
+    .await
+}
+
+pub async fn replay(config: &Config, limit: usize, reason: Option<String>) -> ExitCode {
+    with_connection(config, |connection, topology| async move {
+        let report = dlq::replay(&connection, &topology, limit, reason.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = connection.close(200, "done".into()).await;
+        println!(
+            "replayed {} message(s); {} left in {}",
+            report.replayed, report.left, topology.dead_letter
+        );
+        for failure in &report.failed {
+            println!("  not replayed: {failure}");
+        }
+        if report.failed.is_empty() {
+            Ok(())
+        } else {
+            Err("some messages were not replayed".into())
+        }
+    })
+    .await
+}

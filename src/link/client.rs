@@ -1,0 +1,366 @@
+//! The HTTP client for the Link Identities endpoint, and the classification
+//! of every answer into success / transient / permanent / auth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SecretKey};
+use crate::domain::{LinkEvent, LinkResult};
+use crate::ops::metrics::Metrics;
+
+/// Longest piece of a response body kept in an error message.
+const MAX_BODY_IN_ERROR: usize = 300;
+/// Contract section 4: a Retry-After is honoured up to 60 s.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why a call did not succeed, already classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Connect error, timeout, 408, 429, 5xx (and unexpected 1xx/3xx): try again later.
+    #[error("{message}")]
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// Any other 4xx: this request will never succeed.
+    #[error("{message}")]
+    Permanent { status: u16, message: String },
+    /// 401/403: the key is refused; no message is at fault.
+    #[error("{message}")]
+    Unauthorized { status: u16, message: String },
+}
+
+impl CallError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Transient { .. })
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LinkRequestBody<'a> {
+    anonymous_identifier: &'a str,
+    user_identifier: &'a str,
+}
+
+#[derive(Deserialize)]
+struct LinkResponseBody {
+    #[serde(default)]
+    outcome: Option<String>,
+}
+
+/// One client for the life of the process: connection pool, TLS (rustls)
+/// and timeout are set up once.
+#[derive(Clone)]
+pub struct LinkClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    key_header: HeaderValue,
+    secret: SecretKey,
+    metrics: Arc<Metrics>,
+}
+
+impl LinkClient {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .connect_timeout(config.http_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // A redirected POST would silently change what we call.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("identity-link-worker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut key_header =
+            HeaderValue::from_str(&format!("Bearer {}", config.secret_key.expose())).map_err(
+                |_| "LINKER_MOS_SECRET_KEY holds characters not allowed in a header".to_owned(),
+            )?;
+        // Keeps the value out of any Debug print of the request (hyper/reqwest traces).
+        key_header.set_sensitive(true);
+        Ok(Self {
+            http,
+            url: config.endpoint_url.clone(),
+            key_header,
+            secret: config.secret_key.clone(),
+            metrics,
+        })
+    }
+
+    /// One POST, no retries. `request_id` goes to `x-request-id`.
+    pub async fn link(&self, event: &LinkEvent, request_id: &str) -> Result<LinkResult, CallError> {
+        let body = LinkRequestBody {
+            anonymous_identifier: event.anonymous.as_str(),
+            user_identifier: event.user.as_str(),
+        };
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(self.url.clone())
+            .header("x-mos-key", self.key_header.clone())
+            .header("x-request-id", request_id)
+            .json(&body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.count_api_request(None, started.elapsed());
+                return Err(CallError::Transient {
+                    status: None,
+                    retry_after: None,
+                    message: self.scrub(&describe_transport_error(&error)),
+                });
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let bytes = response.bytes().await;
+        self.metrics
+            .count_api_request(Some(status.as_u16()), started.elapsed());
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) if status.is_success() => {
+                // The endpoint answered 2xx; the link exists even if the body was cut.
+                tracing::debug!(%error, "link call answered 2xx but the body could not be read");
+                return Ok(LinkResult::Linked);
+            }
+            Err(error) => {
+                return Err(CallError::Transient {
+                    status: Some(status.as_u16()),
+                    retry_after,
+                    message: self.scrub(&format!("HTTP {status}, body unreadable: {error}")),
+                });
+            }
+        };
+        classify(status, retry_after, is_json, &bytes).map_err(|e| self.scrub_error(e))
+    }
+
+    /// `check-config`: POSTs `{}`. The workflow answers 400 for missing
+    /// fields once the key is accepted, so 400 (or 2xx) means reachable and
+    /// authorised, and no link can be created.
+    pub async fn check_reachable(&self) -> Result<u16, CallError> {
+        let sent = self
+            .http
+            .post(self.url.clone())
+            .header("x-mos-key", self.key_header.clone())
+            .header(
+                "x-request-id",
+                format!("check-config-{}", uuid::Uuid::new_v4()),
+            )
+            .json(&serde_json::json!({}))
+            .send()
+            .await;
+        let response = sent.map_err(|error| CallError::Transient {
+            status: None,
+            retry_after: None,
+            message: self.scrub(&describe_transport_error(&error)),
+        })?;
+        let status = response.status();
+        if status == StatusCode::BAD_REQUEST || status.is_success() {
+            return Ok(status.as_u16());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        match classify(status, None, false, &body) {
+            Ok(_) => Ok(status.as_u16()),
+            Err(error) => Err(self.scrub_error(error)),
+        }
+    }
+
+    /// A hostile or broken endpoint could echo the key back; never pass it on.
+    fn scrub(&self, text: &str) -> String {
+        text.replace(self.secret.expose(), "[redacted]")
+    }
+
+    fn scrub_error(&self, error: CallError) -> CallError {
+        match error {
+            CallError::Transient {
+                status,
+                retry_after,
+                message,
+            } => CallError::Transient {
+                status,
+                retry_after,
+                message: self.scrub(&message),
+            },
+            CallError::Permanent { status, message } => CallError::Permanent {
+                status,
+                message: self.scrub(&message),
+            },
+            CallError::Unauthorized { status, message } => CallError::Unauthorized {
+                status,
+                message: self.scrub(&message),
+            },
+        }
+    }
+}
+
+fn describe_transport_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed without a response"
+    };
+    // Walk the source chain: reqwest's own Display is terse ("error sending request").
+    let mut detail = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(s) = source {
+        if !detail.is_empty() {
+            detail.push_str(": ");
+        }
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    format!("link call {kind}: {detail}")
+}
+
+/// Maps a response to the outcome of the call.
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    is_json: bool,
+    body: &[u8],
+) -> Result<LinkResult, CallError> {
+    let code = status.as_u16();
+    if status.is_success() {
+        let outcome = if is_json || body.first() == Some(&b'{') {
+            serde_json::from_slice::<LinkResponseBody>(body)
+                .ok()
+                .and_then(|b| b.outcome)
+        } else {
+            None
+        };
+        return Ok(match outcome.as_deref() {
+            Some("already_linked") => LinkResult::AlreadyLinked,
+            // `created`, or the recipe's plain {"message":"Success"}.
+            _ => LinkResult::Linked,
+        });
+    }
+    let message = format!("HTTP {code} from the link endpoint: {}", body_excerpt(body));
+    match code {
+        401 | 403 => Err(CallError::Unauthorized {
+            status: code,
+            message,
+        }),
+        408 | 429 | 500..=599 => Err(CallError::Transient {
+            status: Some(code),
+            retry_after,
+            message,
+        }),
+        400..=499 => Err(CallError::Permanent {
+            status: code,
+            message,
+        }),
+        // 1xx/3xx: a proxy or a wrong URL; not the message's fault, so retry.
+        _ => Err(CallError::Transient {
+            status: Some(code),
+            retry_after,
+            message,
+        }),
+    }
+}
+
+fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    match text.char_indices().nth(MAX_BODY_IN_ERROR) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None if text.is_empty() => "(empty body)".to_owned(),
+        None => text,
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, capped at 60 s.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_bodies() {
+        let ok = |body: &str| classify(StatusCode::OK, None, true, body.as_bytes());
+        assert_eq!(
+            ok(r#"{"message":"Success","outcome":"created"}"#),
+            Ok(LinkResult::Linked)
+        );
+        assert_eq!(
+            ok(r#"{"message":"Success","outcome":"already_linked"}"#),
+            Ok(LinkResult::AlreadyLinked)
+        );
+        assert_eq!(ok(r#"{"message":"Success"}"#), Ok(LinkResult::Linked));
+        assert_eq!(ok("not json"), Ok(LinkResult::Linked));
+        assert_eq!(
+            classify(StatusCode::NO_CONTENT, None, false, b""),
+            Ok(LinkResult::Linked)
+        );
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let err = |code: u16| {
+            classify(StatusCode::from_u16(code).unwrap(), None, true, b"{}").unwrap_err()
+        };
+        for code in [408, 429, 500, 502, 503, 504, 302] {
+            assert!(err(code).is_transient(), "{code}");
+        }
+        for code in [400, 404, 409, 422] {
+            assert!(matches!(err(code), CallError::Permanent { .. }), "{code}");
+        }
+        for code in [401, 403] {
+            assert!(
+                matches!(err(code), CallError::Unauthorized { .. }),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("3600", now), Some(MAX_RETRY_AFTER));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        let body = "x".repeat(10_000);
+        let err = classify(StatusCode::BAD_REQUEST, None, false, body.as_bytes()).unwrap_err();
+        assert!(err.to_string().len() < 400);
+    }
+}

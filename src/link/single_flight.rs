@@ -1,0 +1,235 @@
+//! The worker's half of check-then-create: never two calls in flight for one
+//! anonymous identifier, and no call at all for a pair already linked.
+//!
+//! The endpoint's own check-then-create is not atomic (a list, then a create),
+//! so two concurrent calls for one visitor could both create a link. Here a
+//! second event for an anonymous identifier waits for the first call and
+//! reuses its result (same pair), or calls after it (another user).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::watch;
+
+use super::cache::LinkedCache;
+use super::client::{CallError, LinkClient};
+use crate::domain::{AnonymousId, LinkEvent, LinkResult, UserId};
+use crate::ops::circuit::Circuit;
+use crate::ops::metrics::Metrics;
+
+/// Contract section 4: exponential backoff from 100 ms, capped at 5 s, full jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+type FlightResult = Option<Result<LinkResult, CallError>>;
+
+struct Flight {
+    user: UserId,
+    done: watch::Receiver<FlightResult>,
+}
+
+/// Shards of the in-flight map, to keep lock contention low at high concurrency.
+const SHARDS: usize = 16;
+
+pub struct Linker {
+    client: LinkClient,
+    cache: LinkedCache,
+    circuit: Arc<Circuit>,
+    metrics: Arc<Metrics>,
+    immediate_retries: usize,
+    flights: [Mutex<HashMap<AnonymousId, Flight>>; SHARDS],
+    shard_hasher: std::collections::hash_map::RandomState,
+}
+
+enum Role {
+    Lead(watch::Sender<FlightResult>),
+    Follow {
+        same_user: bool,
+        done: watch::Receiver<FlightResult>,
+    },
+}
+
+/// Removes the flight when the leader finishes or is dropped (e.g. aborted
+/// at shutdown), so followers never wait on a call nobody makes.
+struct FlightGuard<'a> {
+    map: &'a Mutex<HashMap<AnonymousId, Flight>>,
+    anonymous: &'a AnonymousId,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.map).remove(self.anonymous);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Linker {
+    pub fn new(
+        client: LinkClient,
+        cache: LinkedCache,
+        circuit: Arc<Circuit>,
+        metrics: Arc<Metrics>,
+        immediate_retries: usize,
+    ) -> Self {
+        Self {
+            client,
+            cache,
+            circuit,
+            metrics,
+            immediate_retries,
+            flights: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shard_hasher: Default::default(),
+        }
+    }
+
+    pub fn cache(&self) -> &LinkedCache {
+        &self.cache
+    }
+
+    pub fn client(&self) -> &LinkClient {
+        &self.client
+    }
+
+    /// `true` (and counted) when the pair is known linked: no call needed.
+    pub fn known_linked(&self, event: &LinkEvent) -> bool {
+        let hit = self.cache.contains(event);
+        if hit {
+            self.metrics.linked_cache_hits.inc();
+        }
+        hit
+    }
+
+    fn shard(&self, anonymous: &AnonymousId) -> &Mutex<HashMap<AnonymousId, Flight>> {
+        use std::hash::BuildHasher;
+        let index = self.shard_hasher.hash_one(anonymous.as_str()) as usize % SHARDS;
+        &self.flights[index]
+    }
+
+    /// Links the pair with immediate retries, sharing the call with any
+    /// concurrent event for the same anonymous identifier.
+    pub async fn link(&self, event: &LinkEvent, request_id: &str) -> Result<LinkResult, CallError> {
+        let map = self.shard(&event.anonymous);
+        loop {
+            if self.known_linked(event) {
+                return Ok(LinkResult::AlreadyLinked);
+            }
+            let role = {
+                let mut flights = lock(map);
+                match flights.get(&event.anonymous) {
+                    Some(flight) => Role::Follow {
+                        same_user: flight.user == event.user,
+                        done: flight.done.clone(),
+                    },
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(
+                            event.anonymous.clone(),
+                            Flight {
+                                user: event.user.clone(),
+                                done: rx,
+                            },
+                        );
+                        Role::Lead(tx)
+                    }
+                }
+            };
+            match role {
+                Role::Lead(tx) => {
+                    let _guard = FlightGuard {
+                        map,
+                        anonymous: &event.anonymous,
+                    };
+                    let result = self.call_with_retries(event, request_id).await;
+                    if result.is_ok() {
+                        self.cache.insert(event);
+                    }
+                    tx.send_replace(Some(result.clone()));
+                    return result;
+                }
+                Role::Follow {
+                    same_user,
+                    mut done,
+                } => {
+                    let shared = done
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|r| r.clone());
+                    match shared {
+                        // Same pair: the leader's answer is ours. Its link now exists.
+                        Some(result) if same_user => {
+                            return result.map(|_| LinkResult::AlreadyLinked);
+                        }
+                        // Another user for this visitor, or the leader was
+                        // aborted: go round, now that nothing is in flight.
+                        _ => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn call_with_retries(
+        &self,
+        event: &LinkEvent,
+        request_id: &str,
+    ) -> Result<LinkResult, CallError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_BASE)
+            .with_max_delay(BACKOFF_CAP)
+            .with_factor(2.0)
+            .with_max_times(self.immediate_retries);
+        let attempt = || async {
+            let result = self.client.link(event, request_id).await;
+            match &result {
+                Ok(_) => self.circuit.record_success(),
+                Err(error @ CallError::Transient { .. }) => {
+                    self.circuit.record_transient(event, &error.to_string())
+                }
+                Err(error @ CallError::Unauthorized { .. }) => {
+                    self.circuit.record_refused_key(event, &error.to_string())
+                }
+                // The target answered: it is up and the key is accepted.
+                Err(CallError::Permanent { .. }) => self.circuit.record_success(),
+            }
+            result
+        };
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            // Once the circuit is open, stop spending retries: the message is handed back.
+            .when(|e: &CallError| e.is_transient() && !self.circuit.is_open())
+            .adjust(|e: &CallError, delay: Option<Duration>| {
+                delay.map(|d| e.retry_after().unwrap_or_else(|| full_jitter(d)))
+            })
+            .notify(|e: &CallError, delay: Duration| {
+                self.metrics.retries_immediate.inc();
+                tracing::debug!(error = %e, ?delay, "link call failed, retrying in process");
+            })
+            .await
+    }
+}
+
+/// "Full jitter": a uniform delay in [0, d], which spreads retries of many
+/// workers hitting the same outage.
+fn full_jitter(delay: Duration) -> Duration {
+    let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_delay() {
+        for _ in 0..1000 {
+            assert!(full_jitter(Duration::from_millis(100)) <= Duration::from_millis(100));
+        }
+    }
+}

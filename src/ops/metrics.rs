@@ -1,0 +1,355 @@
+//! Prometheus metrics (contract section 8). Label values come from small fixed
+//! sets only; the hot path uses pre-resolved handles, not label lookups.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::domain::{DeadLetterReason, SkipReason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    event_type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// Outcomes counted in `identity_linker_messages_total`.
+pub const OUTCOMES: [&str; 5] = [
+    "linked",
+    "already_linked",
+    "skipped",
+    "retried",
+    "dead_lettered",
+];
+
+/// Event types outside the configured routing keys are counted as `other`,
+/// so a misbehaving producer cannot blow up the label set.
+pub const OTHER_EVENT_TYPE: &str = "other";
+
+pub struct Metrics {
+    registry: Registry,
+    event_types: Vec<String>,
+    /// `[event_type index][outcome index]`, the last row is `other`.
+    messages: Vec<[Counter; 5]>,
+    dead_lettered: Family<ReasonLabels, Counter>,
+    skipped: Family<ReasonLabels, Counter>,
+    pub retries_immediate: Counter,
+    pub retries_delayed: Counter,
+    api_requests: Family<StatusLabels, Counter>,
+    pub api_request_duration: Histogram,
+    pub message_duration: Histogram,
+    pub event_age: Histogram,
+    pub linked_cache_hits: Counter,
+    pub handed_back: Counter,
+    pub in_flight: Gauge,
+    pub broker_connected: Gauge,
+    pub circuit_open: Gauge,
+}
+
+impl Metrics {
+    pub fn new(routing_keys: &[String]) -> Self {
+        let mut registry = Registry::default();
+        let messages_family = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "identity_linker_messages",
+            "Messages handled, by event type and outcome",
+            messages_family.clone(),
+        );
+        let mut event_types: Vec<String> = routing_keys.to_vec();
+        event_types.push(OTHER_EVENT_TYPE.to_owned());
+        let messages = event_types
+            .iter()
+            .map(|event_type| {
+                OUTCOMES.map(|outcome| {
+                    messages_family.get_or_create_owned(&MessageLabels {
+                        event_type: event_type.clone(),
+                        outcome,
+                    })
+                })
+            })
+            .collect();
+
+        let dead_lettered = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "identity_linker_dead_lettered",
+            "Messages dead-lettered, by reason",
+            dead_lettered.clone(),
+        );
+        for reason in DeadLetterReason::ALL {
+            let _ = dead_lettered.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        let skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "identity_linker_skipped",
+            "Messages acked without a link call, by reason",
+            skipped.clone(),
+        );
+        for reason in SkipReason::ALL {
+            let _ = skipped.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        let retries = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "identity_linker_retries",
+            "Retries, immediate (in process) or delayed (through a retry queue)",
+            retries.clone(),
+        );
+        let retries_immediate = retries.get_or_create_owned(&KindLabels { kind: "immediate" });
+        let retries_delayed = retries.get_or_create_owned(&KindLabels { kind: "delayed" });
+
+        let api_requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "identity_linker_api_requests",
+            "Link calls, by HTTP status or `error` when no response came",
+            api_requests.clone(),
+        );
+        let api_request_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "identity_linker_api_request_duration_seconds",
+            "Duration of link calls",
+            api_request_duration.clone(),
+        );
+        let message_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "identity_linker_message_duration_seconds",
+            "Time from delivery to ack",
+            message_duration.clone(),
+        );
+        let event_age = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        registry.register(
+            "identity_linker_event_age_seconds",
+            "Ack time minus the event's own time (occurredAt/occurred_at/timestamp)",
+            event_age.clone(),
+        );
+        let linked_cache_hits = Counter::default();
+        registry.register(
+            "identity_linker_linked_cache_hits",
+            "Events answered from the linked-pairs cache, with no call",
+            linked_cache_hits.clone(),
+        );
+        let handed_back = Counter::default();
+        registry.register(
+            "identity_linker_handed_back",
+            "Messages put back on the work queue untouched while the circuit was open",
+            handed_back.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "identity_linker_in_flight",
+            "Messages being handled",
+            in_flight.clone(),
+        );
+        let broker_connected = Gauge::default();
+        registry.register(
+            "identity_linker_broker_connected",
+            "1 while connected to the broker",
+            broker_connected.clone(),
+        );
+        let circuit_open = Gauge::default();
+        registry.register(
+            "identity_linker_circuit_open",
+            "1 while the circuit is open (key refused or target down)",
+            circuit_open.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "identity_linker_build_info",
+            "Build information",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        Self {
+            registry,
+            event_types,
+            messages,
+            dead_lettered,
+            skipped,
+            retries_immediate,
+            retries_delayed,
+            api_requests,
+            api_request_duration,
+            message_duration,
+            event_age,
+            linked_cache_hits,
+            handed_back,
+            in_flight,
+            broker_connected,
+            circuit_open,
+        }
+    }
+
+    /// The label value for an event type: the routing key if configured, else `other`.
+    pub fn event_type_label<'a>(&'a self, routing_key: &str) -> &'a str {
+        self.event_types
+            .iter()
+            .find(|t| t.as_str() == routing_key)
+            .map_or(OTHER_EVENT_TYPE, String::as_str)
+    }
+
+    pub fn count_message(&self, routing_key: &str, outcome: &str) {
+        let row = self
+            .event_types
+            .iter()
+            .position(|t| t == routing_key)
+            .unwrap_or(self.event_types.len() - 1);
+        if let Some(column) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.messages[row][column].inc();
+        }
+    }
+
+    pub fn count_dead_letter(&self, reason: DeadLetterReason) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn count_skip(&self, reason: SkipReason) {
+        self.skipped
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// `status` is the HTTP status, or `None` when no response came.
+    pub fn count_api_request(&self, status: Option<u16>, elapsed: Duration) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.api_requests
+            .get_or_create(&StatusLabels { status })
+            .inc();
+        self.api_request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Settled messages by outcome, over all event types (demo, tests).
+    pub fn outcome_totals(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES
+            .iter()
+            .enumerate()
+            .map(|(column, outcome)| {
+                (
+                    *outcome,
+                    self.messages.iter().map(|row| row[column].get()).sum(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn settled_total(&self) -> u64 {
+        self.outcome_totals().iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn skip_totals(&self) -> Vec<(&'static str, u64)> {
+        SkipReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.skipped
+                        .get_or_create(&ReasonLabels { reason: r.as_str() })
+                        .get(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn dead_letter_totals(&self) -> Vec<(&'static str, u64)> {
+        DeadLetterReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.dead_lettered
+                        .get_or_create(&ReasonLabels { reason: r.as_str() })
+                        .get(),
+                )
+            })
+            .collect()
+    }
+
+    /// Prometheus text exposition (OpenMetrics flavour).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_name_is_exported() {
+        let metrics = Metrics::new(&["user.signed_up".into(), "user.logged_in".into()]);
+        metrics.count_message("user.logged_in", "linked");
+        metrics.count_api_request(Some(200), Duration::from_millis(3));
+        let text = metrics.encode();
+        for name in [
+            "identity_linker_messages_total",
+            "identity_linker_dead_lettered_total",
+            "identity_linker_skipped_total",
+            "identity_linker_retries_total",
+            "identity_linker_api_requests_total",
+            "identity_linker_api_request_duration_seconds_bucket",
+            "identity_linker_message_duration_seconds_bucket",
+            "identity_linker_event_age_seconds_bucket",
+            "identity_linker_linked_cache_hits_total",
+            "identity_linker_in_flight",
+            "identity_linker_broker_connected",
+            "identity_linker_circuit_open",
+            "identity_linker_build_info",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.contains(
+            r#"identity_linker_messages_total{event_type="user.logged_in",outcome="linked"} 1"#
+        ));
+    }
+
+    #[test]
+    fn unknown_event_types_are_other() {
+        let metrics = Metrics::new(&["user.logged_in".into()]);
+        metrics.count_message("something.else", "skipped");
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"event_type="other",outcome="skipped"} 1"#)
+        );
+    }
+}

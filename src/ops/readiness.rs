@@ -1,0 +1,84 @@
+//! What `/readyz` answers: connected, consuming, circuit closed, not stopping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use crate::ops::circuit::Circuit;
+use crate::ops::metrics::Metrics;
+
+pub struct Readiness {
+    connected: AtomicBool,
+    consuming: AtomicBool,
+    stopping: AtomicBool,
+    circuit: Arc<Circuit>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NotReady {
+    pub ready: bool,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Readiness {
+    pub fn new(circuit: Arc<Circuit>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            consuming: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            circuit,
+            metrics,
+        }
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        self.metrics.broker_connected.set(i64::from(connected));
+        if !connected {
+            self.consuming.store(false, Ordering::Release);
+        }
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Release);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn check(&self) -> Result<(), NotReady> {
+        let not_ready = |reason, detail| {
+            Err(NotReady {
+                ready: false,
+                reason,
+                detail,
+            })
+        };
+        if self.stopping.load(Ordering::Acquire) {
+            return not_ready("shutting_down", None);
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            return not_ready("broker_disconnected", None);
+        }
+        if let Some((reason, error)) = self.circuit.reason() {
+            return not_ready(
+                match reason {
+                    crate::ops::circuit::TripReason::KeyRefused => "circuit_open_key_refused",
+                    crate::ops::circuit::TripReason::TargetUnavailable => {
+                        "circuit_open_target_unavailable"
+                    }
+                },
+                Some(error),
+            );
+        }
+        if !self.consuming.load(Ordering::Acquire) {
+            return not_ready("not_consuming", None);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,563 @@
+//! Simulator tests over real HTTP on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::*;
+
+const KEY: &str = "test-key";
+
+async fn start(config: SimConfig) -> MosSim {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    MosSim::start(addr, config).await.unwrap()
+}
+
+async fn start_default() -> MosSim {
+    start(SimConfig {
+        secret_key: KEY.to_owned(),
+        ..SimConfig::default()
+    })
+    .await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn link_with_key(
+    http: &reqwest::Client,
+    sim: &MosSim,
+    key: &str,
+    anon: &str,
+    user: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(sim.endpoint_url())
+        .header("X-MOS-Key", format!("Bearer {key}"))
+        .json(&json!({ "anonymousIdentifier": anon, "userIdentifier": user }))
+        .send()
+        .await
+}
+
+async fn link(http: &reqwest::Client, sim: &MosSim, anon: &str, user: &str) -> (StatusCode, Value) {
+    let resp = link_with_key(http, sim, KEY, anon, user).await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+async fn post_raw(http: &reqwest::Client, sim: &MosSim, body: &'static str) -> (StatusCode, Value) {
+    let resp = http
+        .post(sim.endpoint_url())
+        .header("X-MOS-Key", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn created_then_already_linked() {
+    let sim = start_default().await;
+    let http = client();
+
+    let (status, body) = link(&http, &sim, "anon-1", "user-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"message": "Success", "outcome": "created"}));
+
+    let (status, body) = link(&http, &sim, "anon-1", "user-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"message": "Success", "outcome": "already_linked"})
+    );
+
+    // Same anonymous id, another user: a new link.
+    let (_, body) = link(&http, &sim, "anon-1", "user-2").await;
+    assert_eq!(body["outcome"], "created");
+
+    let stats = sim.stats();
+    assert_eq!(stats.requests, 3);
+    assert_eq!(stats.creates, 2);
+    assert_eq!(stats.already_linked, 1);
+    assert_eq!(stats.duplicates, 0);
+    assert_eq!(stats.links, 2);
+    assert_eq!(stats.status(200), 3);
+
+    let links = sim.links();
+    assert_eq!(links.len(), 2);
+    assert_eq!(links[0].anonymous_identifier, "anon-1");
+    assert_eq!(links[0].user_identifier, "user-1");
+    assert_eq!(links[0].link_type, "copy_once");
+    assert_eq!(links[0].reason, "conversion");
+    assert!(
+        time::OffsetDateTime::parse(
+            &links[0].created_at,
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn any_environment_id_is_routed() {
+    let sim = start_default().await;
+    let resp = client()
+        .post(format!(
+            "{}/api/v1/envs/env_123/endpoints/link-identities",
+            sim.base_url()
+        ))
+        .header("X-MOS-Key", format!("Bearer {KEY}"))
+        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn plain_mode_omits_outcome() {
+    let sim = start(SimConfig {
+        secret_key: KEY.to_owned(),
+        plain_success: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let http = client();
+    for _ in 0..2 {
+        let (status, body) = link(&http, &sim, "a", "u").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"message": "Success"}));
+    }
+    assert_eq!(sim.stats().creates, 1);
+    assert_eq!(sim.stats().already_linked, 1);
+}
+
+#[tokio::test]
+async fn missing_empty_or_non_string_fields_are_400() {
+    let sim = start_default().await;
+    let http = client();
+    let required = json!({"message": "'anonymousIdentifier' and 'userIdentifier' are required"});
+    for body in [
+        r#"{"anonymousIdentifier":"a"}"#,
+        r#"{"userIdentifier":"u"}"#,
+        r#"{"anonymousIdentifier":"","userIdentifier":"u"}"#,
+        r#"{"anonymousIdentifier":"a","userIdentifier":42}"#,
+        r#"{"anonymousIdentifier":null,"userIdentifier":"u"}"#,
+        r#"[]"#,
+    ] {
+        let (status, resp) = post_raw(&http, &sim, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(resp, required, "{body}");
+    }
+    let (status, resp) = post_raw(&http, &sim, "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(resp["message"].as_str().unwrap().contains("Invalid JSON"));
+
+    let stats = sim.stats();
+    assert_eq!(stats.status(400), 7);
+    assert_eq!(stats.links, 0);
+}
+
+#[tokio::test]
+async fn wrong_missing_and_changed_key_are_401() {
+    let sim = start_default().await;
+    let http = client();
+    let unauthorized = json!({"message": "Unauthorized"});
+
+    let resp = link_with_key(&http, &sim, "wrong", "a", "u").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.json::<Value>().await.unwrap(), unauthorized);
+
+    let resp = http
+        .post(sim.endpoint_url())
+        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Key without the Bearer scheme.
+    let resp = http
+        .post(sim.endpoint_url())
+        .header("X-MOS-Key", KEY)
+        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Revocation through the Rust API, then recovery.
+    sim.set_key("rotated");
+    assert_eq!(
+        link_with_key(&http, &sim, KEY, "a", "u")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    sim.set_key(KEY);
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+
+    // Revocation through the control route.
+    let resp = http
+        .put(format!("{}/_sim/key", sim.base_url()))
+        .json(&json!({"key": "rotated-again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        link_with_key(&http, &sim, KEY, "a", "u")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let resp = link_with_key(&http, &sim, "rotated-again", "a", "u")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let stats = sim.stats();
+    assert_eq!(stats.status(401), 5);
+    assert_eq!(stats.links, 1);
+}
+
+#[tokio::test]
+async fn status_sequence_is_consumed_in_order() {
+    let sim = start(SimConfig {
+        secret_key: KEY.to_owned(),
+        faults: Faults {
+            statuses: vec![503, 503, 429, 500],
+            retry_after_secs: 7,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let http = client();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let resp = link_with_key(&http, &sim, KEY, "a", "u").await.unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = resp.json().await.unwrap();
+        if status == 429 {
+            assert_eq!(retry_after.as_deref(), Some("7"));
+            assert_eq!(body, json!({"message": "Too Many Requests"}));
+        } else {
+            assert_eq!(retry_after, None);
+        }
+        seen.push(status);
+    }
+    assert_eq!(seen, [503, 503, 429, 500, 200]);
+
+    let stats = sim.stats();
+    assert_eq!(stats.requests, 5);
+    assert_eq!(stats.status(503), 2);
+    assert_eq!(stats.status(429), 1);
+    assert_eq!(stats.status(500), 1);
+    assert_eq!(stats.creates, 1);
+    assert!(sim.faults().statuses.is_empty());
+}
+
+#[tokio::test]
+async fn faults_apply_before_auth() {
+    let sim = start_default().await;
+    sim.set_faults(Faults {
+        statuses: vec![502],
+        ..Faults::default()
+    });
+    let resp = link_with_key(&client(), &sim, "wrong", "a", "u")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn retry_after_as_http_date_and_rate_fault() {
+    let sim = start_default().await;
+    sim.set_faults(Faults {
+        rate: Some(RateFault {
+            status: 429,
+            probability: 1.0,
+        }),
+        retry_after_secs: 30,
+        retry_after_http_date: true,
+        ..Faults::default()
+    });
+    let http = client();
+    for _ in 0..3 {
+        let resp = link_with_key(&http, &sim, KEY, "a", "u").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let value = resp.headers()["retry-after"].to_str().unwrap().to_owned();
+        let at = httpdate::parse_http_date(&value).unwrap();
+        assert!(at > std::time::SystemTime::now());
+    }
+    sim.set_faults(Faults {
+        rate: Some(RateFault {
+            status: 503,
+            probability: 0.0,
+        }),
+        ..Faults::default()
+    });
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn latency_delays_the_answer() {
+    let sim = start_default().await;
+    sim.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(link(&client(), &sim, "a", "u").await.0, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn drop_closes_the_connection_without_a_response() {
+    let sim = start_default().await;
+    sim.set_faults(Faults {
+        drop: 2,
+        ..Faults::default()
+    });
+    let http = client();
+    for _ in 0..2 {
+        let err = link_with_key(&http, &sim, KEY, "a", "u")
+            .await
+            .expect_err("a dropped connection must not yield a response");
+        assert!(err.status().is_none(), "{err:?}");
+        assert!(!err.is_timeout(), "{err:?}");
+        assert!(err.is_request() || err.is_connect(), "{err:?}");
+    }
+    // Drops are used up: back to normal.
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+
+    let stats = sim.stats();
+    assert_eq!(stats.requests, 3);
+    assert_eq!(stats.statuses.values().sum::<u64>(), 1);
+    assert_eq!(stats.links, 1);
+}
+
+#[tokio::test]
+async fn concurrent_identical_requests_create_duplicates() {
+    let sim = start(SimConfig {
+        secret_key: KEY.to_owned(),
+        pause: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    let http = client();
+    let requests = (0..50).map(|_| link(&http, &sim, "anon-race", "user-race"));
+    let results = futures_util::future::join_all(requests).await;
+    assert!(results.iter().all(|(status, _)| *status == StatusCode::OK));
+
+    let stats = sim.stats();
+    assert_eq!(stats.requests, 50);
+    assert!(stats.duplicates > 0, "{stats:?}");
+    assert_eq!(stats.creates + stats.already_linked, 50);
+    assert_eq!(stats.links, stats.creates);
+    assert_eq!(stats.duplicates, stats.creates - 1);
+    assert_eq!(sim.links().len() as u64, stats.creates);
+}
+
+#[tokio::test]
+async fn zero_pause_works_sequentially() {
+    let sim = start_default().await;
+    sim.set_pause(Duration::ZERO);
+    let http = client();
+    assert_eq!(link(&http, &sim, "a", "u").await.1["outcome"], "created");
+    assert_eq!(
+        link(&http, &sim, "a", "u").await.1["outcome"],
+        "already_linked"
+    );
+}
+
+#[tokio::test]
+async fn control_routes() {
+    let sim = start_default().await;
+    let http = client();
+    let base = sim.base_url();
+
+    let resp = http
+        .get(format!("{base}/_sim/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // PUT replaces faults; omitted fields take defaults.
+    let resp = http
+        .put(format!("{base}/_sim/faults"))
+        .json(&json!({"statuses": [504], "drop": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let faults: Faults = resp.json().await.unwrap();
+    assert_eq!(faults.statuses, [504]);
+    assert_eq!(faults.retry_after_secs, 1);
+
+    let resp = http
+        .put(format!("{base}/_sim/faults"))
+        .json(&json!({"statuses": [200]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = http
+        .put(format!("{base}/_sim/faults"))
+        .json(&json!({"statusez": [503]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let got: Faults = http
+        .get(format!("{base}/_sim/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got.statuses, [504]);
+
+    assert_eq!(
+        link(&http, &sim, "a", "u").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+
+    let resp = http
+        .delete(format!("{base}/_sim/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sim.faults(), Faults::default());
+
+    let stats: Value = http
+        .get(format!("{base}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats,
+        json!({"requests": 2, "creates": 1, "duplicates": 0, "already_linked": 0,
+               "links": 1, "statuses": {"200": 1, "504": 1}})
+    );
+
+    let links: Value = http
+        .get(format!("{base}/_sim/links"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(links[0]["anonymousIdentifier"], "a");
+    assert_eq!(links[0]["userIdentifier"], "u");
+    assert_eq!(links[0]["type"], "copy_once");
+    assert_eq!(links[0]["reason"], "conversion");
+    assert!(links[0]["createdAt"].is_string());
+
+    let resp = http
+        .post(format!("{base}/_sim/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sim.stats(), SimStats::default());
+}
+
+#[tokio::test]
+async fn reset_clears_store_counters_and_faults_but_keeps_key() {
+    let sim = start_default().await;
+    let http = client();
+    link(&http, &sim, "a", "u").await;
+    link(&http, &sim, "a", "u").await;
+    sim.set_faults(Faults {
+        statuses: vec![503],
+        ..Faults::default()
+    });
+    sim.set_key("other");
+
+    sim.reset();
+    assert_eq!(sim.stats(), SimStats::default());
+    assert!(sim.links().is_empty());
+    assert_eq!(sim.faults(), Faults::default());
+
+    // Key kept; no fault left; the link is gone so it is created again.
+    assert_eq!(
+        link_with_key(&http, &sim, KEY, "a", "u")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let resp = link_with_key(&http, &sim, "other", "a", "u").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["outcome"], "created");
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let sim = start_default().await;
+    let url = sim.endpoint_url();
+    let http = client();
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+    sim.shutdown().await;
+    // A fresh client, so no pooled connection is reused.
+    let err = client()
+        .post(url)
+        .header("X-MOS-Key", format!("Bearer {KEY}"))
+        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+}
+
+#[test]
+fn config_debug_hides_the_key() {
+    let config = SimConfig {
+        secret_key: "super-secret".to_owned(),
+        ..SimConfig::default()
+    };
+    assert!(!format!("{config:?}").contains("super-secret"));
+    assert_eq!(config.pause, Duration::from_millis(5));
+    assert_eq!(SimConfig::default().secret_key, "sim-secret-key");
+}
+
+#[test]
+fn faults_serde_defaults() {
+    let faults: Faults = serde_json::from_str("{}").unwrap();
+    assert_eq!(faults, Faults::default());
+    assert_eq!(faults.retry_after_secs, 1);
+    assert!(
+        Faults {
+            drop_rate: 1.5,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err()
+    );
+}
