@@ -576,11 +576,11 @@ fn retry_delays(value: Option<&str>) -> Result<Vec<Duration>, ConfigError> {
 /// Canonical short form of a delay for queue names: `250ms`, `10s`, `1m`, `1h`.
 pub fn delay_label(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

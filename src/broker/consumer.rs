@@ -179,13 +179,13 @@ pub async fn process(
     let mut outcome = handled.outcome;
     // Past the last step of the ladder a retry becomes a dead letter (the
     // handler already decides so; this keeps the two from ever disagreeing).
-    if let Outcome::Retry { error } = &outcome {
-        if pipeline.topology.retry_queue(attempts).is_none() {
-            outcome = Outcome::DeadLetter {
-                reason: DeadLetterReason::RetriesExhausted,
-                error: error.clone(),
-            };
-        }
+    if let Outcome::Retry { error } = &outcome
+        && pipeline.topology.retry_queue(attempts).is_none()
+    {
+        outcome = Outcome::DeadLetter {
+            reason: DeadLetterReason::RetriesExhausted,
+            error: error.clone(),
+        };
     }
     let copy = match &outcome {
         Outcome::Linked(_) | Outcome::Skipped(_) => Ok(()),
@@ -326,10 +326,10 @@ fn record(
     metrics
         .message_duration
         .observe(received.elapsed().as_secs_f64());
-    if let Some(at) = occurred_at {
-        if let Ok(age) = SystemTime::now().duration_since(at) {
-            metrics.event_age.observe(age.as_secs_f64());
-        }
+    if let Some(at) = occurred_at
+        && let Ok(age) = SystemTime::now().duration_since(at)
+    {
+        metrics.event_age.observe(age.as_secs_f64());
     }
     let event_type = metrics.event_type_label(routing_key);
     match outcome {

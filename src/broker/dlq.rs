@@ -102,15 +102,16 @@ async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
 
 /// Reads up to `limit` messages without removing them; they go back when
 /// the returned channel is closed.
+/// Also returns the queue's depth before looking.
 async fn browse(
     connection: &Connection,
     queue: &str,
     limit: usize,
-) -> Result<(Channel, Vec<lapin::message::Delivery>), lapin::Error> {
+) -> Result<(Channel, Vec<lapin::message::Delivery>, u32), lapin::Error> {
     let channel = connection.create_channel().await?;
     let mut seen = Vec::new();
-    let total = depth(&channel, queue).await? as usize;
-    while seen.len() < limit.min(total) {
+    let depth = depth(&channel, queue).await?;
+    while seen.len() < limit.min(depth as usize) {
         match channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await?
@@ -119,14 +120,15 @@ async fn browse(
             None => break,
         }
     }
-    Ok((channel, seen))
+    Ok((channel, seen, depth))
 }
 
 pub async fn stats(connection: &Connection, topology: &Topology) -> Result<DlqStats, DlqError> {
-    let (channel, seen) = browse(connection, &topology.dead_letter, STATS_SCAN_LIMIT).await?;
+    let (channel, seen, messages) =
+        browse(connection, &topology.dead_letter, STATS_SCAN_LIMIT).await?;
     let mut stats = DlqStats {
         queue: topology.dead_letter.clone(),
-        messages: depth(&channel, &topology.dead_letter).await?,
+        messages,
         scanned: seen.len(),
         ..DlqStats::default()
     };
@@ -145,7 +147,7 @@ pub async fn list(
     topology: &Topology,
     limit: usize,
 ) -> Result<Vec<DeadLetterView>, DlqError> {
-    let (channel, seen) = browse(connection, &topology.dead_letter, limit).await?;
+    let (channel, seen, _) = browse(connection, &topology.dead_letter, limit).await?;
     let views = seen.iter().map(view).collect();
     let _ = channel.close(200, "dlq list done".into()).await;
     Ok(views)
@@ -166,7 +168,7 @@ pub async fn replay(
     } else {
         limit
     };
-    let (channel, seen) = browse(connection, &topology.dead_letter, scan).await?;
+    let (channel, seen, _) = browse(connection, &topology.dead_letter, scan).await?;
     let mut report = ReplayReport::default();
     for delivery in seen {
         let props = &delivery.properties;

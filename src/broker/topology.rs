@@ -191,14 +191,13 @@ impl Topology {
                 .create_channel()
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(kind) = kind {
-                if let Err(e) = channel
+            if let Some(kind) = kind
+                && let Err(e) = channel
                     .exchange_declare(name.into(), kind, passive_exchange, FieldTable::default())
                     .await
-                {
-                    missing.push(format!("exchange {name:?} ({e})"));
-                    continue;
-                }
+            {
+                missing.push(format!("exchange {name:?} ({e})"));
+                continue;
             }
             let _ = channel.close(200, "ok".into()).await;
         }

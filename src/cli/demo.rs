@@ -259,10 +259,10 @@ async fn wait_ready(ops: std::net::SocketAddr) -> Result<(), String> {
     let url = format!("http://{ops}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(response) = reqwest::get(&url).await {
-            if response.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(response) = reqwest::get(&url).await
+            && response.status().is_success()
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(

@@ -120,10 +120,10 @@ fn first_match<T>(
     convert: impl Fn(&str, &Value) -> Result<Option<T>, IdentifierError>,
 ) -> Result<Option<T>, IdentifierError> {
     for pointer in pointers.iter() {
-        if let Some(value) = root.pointer(pointer) {
-            if let Some(found) = convert(pointer, value)? {
-                return Ok(Some(found));
-            }
+        if let Some(value) = root.pointer(pointer)
+            && let Some(found) = convert(pointer, value)?
+        {
+            return Ok(Some(found));
         }
     }
     Ok(None)

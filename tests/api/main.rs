@@ -1,0 +1,12 @@
+//! Integration tests against the real local RabbitMQ and mos-sim over HTTP.
+//! One test binary (faster to build and link); every test has its own
+//! queue and exchange names, so they run in parallel on one broker.
+
+mod circuit;
+mod dlq_replay;
+mod helpers;
+mod metrics;
+mod outcomes;
+mod process;
+mod races;
+mod retries;

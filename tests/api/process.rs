@@ -1,0 +1,327 @@
+//! The binary itself: configuration errors, check-config, SIGTERM under
+//! load, and the secret never reaching any output.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use identity_link_worker::config::Config;
+use identity_link_worker::sim::{Faults, MosSim, SimConfig};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_identity-link-worker");
+
+fn command(vars: &[(String, String)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    command.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command.stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn each_configuration_error_exits_2_naming_the_variable() {
+    let good = [
+        ("LINKER_MOS_ENDPOINT_URL", "http://127.0.0.1:9/x"),
+        ("LINKER_MOS_SECRET_KEY", "k"),
+    ];
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("LINKER_MOS_ENDPOINT_URL", "")],
+            "LINKER_MOS_ENDPOINT_URL",
+        ),
+        (&[("LINKER_MOS_SECRET_KEY", "")], "LINKER_MOS_SECRET_KEY"),
+        (
+            &[("LINKER_MOS_SECRET_KEY_FILE", "/nonexistent/key")],
+            "LINKER_MOS_SECRET_KEY",
+        ),
+        (&[("LINKER_PREFETCH", "many")], "LINKER_PREFETCH"),
+        (&[("LINKER_CONCURRENCY", "0")], "LINKER_CONCURRENCY"),
+        (
+            &[("LINKER_RETRY_DELAYS", "10s,later")],
+            "LINKER_RETRY_DELAYS",
+        ),
+        (&[("LINKER_HTTP_TIMEOUT", "0s")], "LINKER_HTTP_TIMEOUT"),
+        (&[("LINKER_AMQP_URL", "redis://x")], "LINKER_AMQP_URL"),
+        (&[("LINKER_LOG_FORMAT", "yaml")], "LINKER_LOG_FORMAT"),
+        (
+            &[("LINKER_ANONYMOUS_ID_POINTERS", "anonymousId")],
+            "LINKER_ANONYMOUS_ID_POINTERS",
+        ),
+        (
+            &[("LINKER_HTTP_ADDR", "not-an-address")],
+            "LINKER_HTTP_ADDR",
+        ),
+        (
+            &[("LINKER_DECLARE_TOPOLOGY", "perhaps")],
+            "LINKER_DECLARE_TOPOLOGY",
+        ),
+    ];
+    for (overrides, variable) in cases {
+        let mut vars: Vec<(String, String)> = good
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        for (k, v) in *overrides {
+            vars.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                vars.push(((*k).into(), (*v).into()));
+            }
+        }
+        let output = command(&vars).arg("run").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{overrides:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{overrides:?} should name {variable}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reaches_the_broker_and_endpoint_without_linking() {
+    let sim = MosSim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            secret_key: KEY.into(),
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let vars = base_vars(&sim);
+    let output = command(&vars).arg("check-config").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("broker: reachable"), "{stdout}");
+    assert!(stdout.contains("key accepted"), "{stdout}");
+    assert_eq!(sim.stats().creates, 0, "check-config creates no link");
+    assert!(!stdout.contains(KEY));
+
+    sim.set_key("rotated");
+    let output = command(&vars).arg("check-config").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("KEY REFUSED"), "{stdout}");
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_exits_0_and_loses_nothing() {
+    let sim = MosSim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            secret_key: KEY.into(),
+            faults: Faults {
+                latency_ms: 50,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let vars = with(
+        base_vars(&sim),
+        &[
+            ("LINKER_CONCURRENCY", "16"),
+            ("LINKER_SHUTDOWN_GRACE", "10s"),
+        ],
+    );
+    let config = Config::from_vars(vars.clone()).unwrap();
+    let connection = broker().await;
+    // Declare first so the events are queued before the worker starts.
+    let topology = identity_link_worker::broker::topology::Topology::from_config(&config);
+    topology
+        .declare(&connection.create_channel().await.unwrap())
+        .await
+        .unwrap();
+    let publisher = identity_link_worker::broker::publisher::Publisher::new(
+        identity_link_worker::broker::connection::open_confirm_channel(&connection)
+            .await
+            .unwrap(),
+    );
+    let total = 400;
+    for i in 0..total {
+        let body = serde_json::json!({"anonymousId": format!("a-term-{i}"), "userId": format!("u-term-{i}")});
+        publisher
+            .publish(
+                &config.exchange,
+                "user.logged_in",
+                body.to_string().as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+    }
+    let mut child = command(&vars)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the worker to be busy", Duration::from_secs(20), || async {
+        sim.stats().creates >= 50
+    })
+    .await;
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "graceful exit");
+    let linked_by_first = sim.stats().links;
+    assert!(
+        linked_by_first < total,
+        "stopped mid-load ({linked_by_first})"
+    );
+    // Whatever the first worker did not finish is back in the queue, ready.
+    let left = queue_depth(&connection, &config.queue).await;
+    assert!(
+        u64::from(left) >= total - linked_by_first,
+        "left {left}, linked {linked_by_first}"
+    );
+
+    // A second worker finishes the rest: every event linked exactly once.
+    let app = TestApp::start(sim, config).await;
+    wait_for("all events to link", Duration::from_secs(60), || async {
+        app.sim.stats().links >= total
+    })
+    .await;
+    wait_for("the queue to drain", Duration::from_secs(10), || async {
+        app.depth(&app.topology.queue).await == 0
+    })
+    .await;
+    assert_eq!(app.sim.stats().links, total);
+    assert_eq!(app.sim.stats().duplicates, 0);
+    assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_never_appears_in_output_even_at_trace() {
+    let sim = MosSim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            secret_key: KEY.into(),
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let vars = with(
+        base_vars(&sim),
+        &[
+            ("RUST_LOG", "trace"),
+            ("LINKER_LOG_FORMAT", "json"),
+            ("LINKER_CIRCUIT_PROBE_INTERVAL", "200ms"),
+        ],
+    );
+    let config = Config::from_vars(vars.clone()).unwrap();
+    // Trace output is large: to files, so a full pipe never blocks the worker.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.log");
+    let err_path = dir.path().join("err.log");
+    let mut child = command(&vars)
+        .arg("run")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let connection = broker().await;
+    let topology = identity_link_worker::broker::topology::Topology::from_config(&config);
+    wait_for("the topology", Duration::from_secs(20), || async {
+        topology.verify(&connection).await.is_ok()
+    })
+    .await;
+    let publisher = identity_link_worker::broker::publisher::Publisher::new(
+        identity_link_worker::broker::connection::open_confirm_channel(&connection)
+            .await
+            .unwrap(),
+    );
+    let publish = |i: usize| {
+        let body = serde_json::json!({"anonymousId": format!("a-secret-{i}"), "userId": format!("u-secret-{i}")});
+        let publisher = publisher.clone();
+        let exchange = config.exchange.clone();
+        async move {
+            publisher
+                .publish(
+                    &exchange,
+                    "user.logged_in",
+                    body.to_string().as_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..3 {
+        publish(i).await;
+    }
+    wait_for("three links", Duration::from_secs(20), || async {
+        sim.stats().links == 3
+    })
+    .await;
+    // A refused key (errors, probes) and a transient failure, then recovery.
+    sim.set_key("rotated-key");
+    publish(3).await;
+    wait_for("probes", Duration::from_secs(20), || async {
+        sim.stats().status(401) >= 3
+    })
+    .await;
+    sim.set_key(KEY);
+    sim.set_faults(Faults {
+        statuses: vec![503],
+        ..Faults::default()
+    });
+    publish(4).await;
+    wait_for("five links", Duration::from_secs(20), || async {
+        sim.stats().links == 5
+    })
+    .await;
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&std::fs::read(&out_path).unwrap()),
+        String::from_utf8_lossy(&std::fs::read(&err_path).unwrap())
+    );
+    assert!(
+        all.len() > 10_000,
+        "trace output was produced ({} bytes)",
+        all.len()
+    );
+    assert!(!all.contains(KEY), "the secret key leaked into the output");
+    // Identifiers are hashed by default.
+    assert!(
+        !all.contains("u-secret-1"),
+        "a plain identifier reached the logs"
+    );
+    let channel = connection.create_channel().await.unwrap();
+    topology.delete(&channel).await.unwrap();
+}

@@ -1,0 +1,148 @@
+//! Contract section 4: immediate retries, the delayed ladder, Retry-After.
+
+use std::time::{Duration, Instant};
+
+use identity_link_worker::broker::headers;
+use identity_link_worker::sim::{Faults, RateFault, SimConfig};
+
+use crate::helpers::*;
+
+fn always(status: u16) -> Faults {
+    Faults {
+        rate: Some(RateFault {
+            status,
+            probability: 1.0,
+        }),
+        ..Faults::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_ladder_ends_in_retries_exhausted() {
+    let sim = SimConfig {
+        secret_key: KEY.into(),
+        faults: always(503),
+        ..SimConfig::default()
+    };
+    let mut app = TestApp::spawn_with(
+        sim,
+        &[
+            ("LINKER_IMMEDIATE_RETRIES", "1"),
+            ("LINKER_RETRY_DELAYS", "200ms,400ms"),
+            // Keep the circuit out of this test.
+            ("LINKER_CIRCUIT_FAILURE_THRESHOLD", "1000"),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    app.publish_pair("user.logged_in", "a-ladder", "u-ladder")
+        .await;
+    // Two delayed retries, then the dead letter: three outcomes in all.
+    app.wait_settled(3).await;
+    let elapsed = started.elapsed();
+    app.stop_worker().await;
+    assert_eq!(app.outcome("retried"), 2);
+    assert_eq!(app.outcome("dead_lettered"), 1);
+    assert_eq!(app.metrics.retries_delayed.get(), 2);
+    assert_eq!(
+        app.metrics.retries_immediate.get(),
+        3,
+        "one immediate retry per delivery"
+    );
+    // 3 deliveries x (1 call + 1 immediate retry).
+    assert_eq!(app.sim.stats().requests, 6);
+    assert!(
+        elapsed >= Duration::from_millis(600),
+        "went through both delays: {elapsed:?}"
+    );
+    for retry in &app.topology.retry_queues {
+        assert_eq!(app.depth(&retry.name).await, 0, "{} drained", retry.name);
+    }
+    let dead = app.take_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], headers::REASON).as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(header_u32(&dead[0], headers::ATTEMPTS), 2);
+    assert_eq!(
+        header(&dead[0], headers::ORIGINAL_ROUTING_KEY).as_deref(),
+        Some("user.logged_in")
+    );
+    assert_eq!(
+        header(&dead[0], headers::ORIGINAL_EXCHANGE).as_deref(),
+        Some(app.config.exchange.as_str())
+    );
+    assert!(header(&dead[0], headers::ERROR).unwrap().contains("503"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_retry_that_then_succeeds_is_linked() {
+    // 4 failures: the first delivery's call and 3 immediate retries, then success.
+    let sim = SimConfig {
+        secret_key: KEY.into(),
+        faults: Faults {
+            statuses: vec![500, 502, 504, 408],
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = TestApp::spawn_with(sim, &[]).await;
+    app.publish_pair("user.signed_up", "a-later", "u-later")
+        .await;
+    app.wait_settled(2).await;
+    assert_eq!(app.outcome("retried"), 1);
+    assert_eq!(app.outcome("linked"), 1);
+    assert_eq!(app.sim.stats().creates, 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let sim = SimConfig {
+        secret_key: KEY.into(),
+        faults: Faults {
+            statuses: vec![429],
+            retry_after_secs: 2,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = TestApp::spawn_with(sim, &[]).await;
+    let started = Instant::now();
+    app.publish_pair("user.logged_in", "a-ra", "u-ra").await;
+    app.wait_settled(1).await;
+    let elapsed = started.elapsed();
+    assert_eq!(app.outcome("linked"), 1);
+    assert_eq!(app.metrics.retries_immediate.get(), 1);
+    // Without Retry-After the first backoff is at most 100 ms.
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "waited {elapsed:?}, expected about 2 s"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_transient() {
+    let sim = SimConfig {
+        secret_key: KEY.into(),
+        faults: Faults {
+            drop: 2,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = TestApp::spawn_with(sim, &[]).await;
+    app.publish_pair("user.logged_in", "a-drop", "u-drop").await;
+    app.wait_settled(1).await;
+    assert_eq!(app.outcome("linked"), 1);
+    assert_eq!(app.metrics.retries_immediate.get(), 2);
+    assert!(
+        app.metrics_text()
+            .await
+            .contains(r#"identity_linker_api_requests_total{status="error"} 2"#)
+    );
+    app.finish().await;
+}
