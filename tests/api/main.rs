@@ -10,3 +10,4 @@ mod outcomes;
 mod process;
 mod races;
 mod retries;
+mod topology;
