@@ -230,11 +230,9 @@ async fn probe_loop(
             continue;
         };
         let request_id = format!("circuit-probe-{}", uuid::Uuid::new_v4());
-        match linker.client().link(&request, &request_id).await {
-            Ok(_) => {
-                linker.cache().insert(&request);
-                circuit.close();
-            }
+        match linker.probe(&request, &request_id).await {
+            // The linker already recorded the pair as linked.
+            Ok(_) => circuit.close(),
             // The endpoint answered a 4xx other than 401/403: up, and the key is accepted.
             Err(CallError::Permanent { .. }) => circuit.close(),
             Err(CallError::Unauthorized { message, .. }) => {

@@ -113,6 +113,26 @@ impl Linker {
     /// Links the pair with immediate retries, sharing the call with any
     /// concurrent event for the same anonymous identifier.
     pub async fn link(&self, event: &LinkEvent, request_id: &str) -> Result<LinkResult, CallError> {
+        self.link_in_flight(event, request_id, self.immediate_retries)
+            .await
+    }
+
+    /// The circuit's probe: one call, no retries, still under the single
+    /// flight so it never overlaps another call for the same visitor.
+    pub async fn probe(
+        &self,
+        event: &LinkEvent,
+        request_id: &str,
+    ) -> Result<LinkResult, CallError> {
+        self.link_in_flight(event, request_id, 0).await
+    }
+
+    async fn link_in_flight(
+        &self,
+        event: &LinkEvent,
+        request_id: &str,
+        retries: usize,
+    ) -> Result<LinkResult, CallError> {
         let map = self.shard(&event.anonymous);
         loop {
             if self.known_linked(event) {
@@ -144,7 +164,7 @@ impl Linker {
                         map,
                         anonymous: &event.anonymous,
                     };
-                    let result = self.call_with_retries(event, request_id).await;
+                    let result = self.call_with_retries(event, request_id, retries).await;
                     if result.is_ok() {
                         self.cache.insert(event);
                     }
@@ -178,12 +198,13 @@ impl Linker {
         &self,
         event: &LinkEvent,
         request_id: &str,
+        retries: usize,
     ) -> Result<LinkResult, CallError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(BACKOFF_BASE)
             .with_max_delay(BACKOFF_CAP)
             .with_factor(2.0)
-            .with_max_times(self.immediate_retries);
+            .with_max_times(retries);
         let attempt = || async {
             let result = self.client.link(event, request_id).await;
             match &result {
