@@ -325,3 +325,66 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
     let channel = connection.create_channel().await.unwrap();
     topology.delete(&channel).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_dlq_commands_work_end_to_end() {
+    let app = TestApp::spawn().await;
+    let vars: Vec<(String, String)> = vec![
+        ("LINKER_AMQP_URL".into(), amqp_url()),
+        ("LINKER_QUEUE".into(), app.config.queue.clone()),
+        ("LINKER_EXCHANGE".into(), app.config.exchange.clone()),
+    ];
+    let output = command(&vars)
+        .args([
+            "publish",
+            "--event",
+            "user.signed_up",
+            "--anonymous",
+            "a-cli",
+            "--user",
+            "u-cli",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.publish("user.logged_in", b"<xml/>").await;
+    app.wait_settled(2).await;
+    assert!(
+        app.sim
+            .links()
+            .iter()
+            .any(|l| l.anonymous_identifier == "a-cli" && l.user_identifier == "u-cli")
+    );
+
+    let stats = command(&vars).args(["dlq", "stats"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&stats.stdout);
+    assert_eq!(stats.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1 message(s)"), "{stdout}");
+    assert!(stdout.contains("malformed"), "{stdout}");
+
+    let list = command(&vars)
+        .args(["dlq", "list", "--limit", "5"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&list.stdout);
+    let view: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(view["reason"], "malformed");
+    assert_eq!(view["body"], "<xml/>");
+    assert_eq!(view["original_routing_key"], "user.logged_in");
+
+    let replay = command(&vars)
+        .args(["dlq", "replay", "--reason", "malformed"])
+        .output()
+        .unwrap();
+    assert_eq!(replay.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("replayed 1"));
+    // It is still malformed, so it comes back to the dead-letter queue: nothing lost.
+    app.wait_settled(3).await;
+    assert_eq!(app.outcome("dead_lettered"), 2);
+    app.finish().await;
+}
