@@ -74,11 +74,15 @@ def expected_topology(
         queues.append(
             {"name": f"{queue}.retry.{delay}", "vhost": VHOST, "durable": True,
              "auto_delete": False,
+             # Quorum like the work queue (as the worker declares them), so the way
+             # back after the TTL is dead-lettered at-least-once too.
              "arguments": {
-                 "x-queue-type": "classic",
+                 "x-queue-type": "quorum",
                  "x-message-ttl": duration_ms(delay),
                  "x-dead-letter-exchange": "",
                  "x-dead-letter-routing-key": queue,
+                 "x-dead-letter-strategy": "at-least-once",
+                 "x-overflow": "reject-publish",
              }})
     bindings = [
         {"source": exchange, "vhost": VHOST, "destination": queue,

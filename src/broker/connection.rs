@@ -23,7 +23,7 @@ pub enum SessionError {
     Channel(lapin::Error),
     #[error("declaring the topology failed: {0}")]
     Declare(lapin::Error),
-    #[error("{0}")]
+    #[error("LINKER_DECLARE_TOPOLOGY=false and {0}")]
     Verify(String),
 }
 

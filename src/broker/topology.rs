@@ -222,10 +222,7 @@ impl Topology {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "LINKER_DECLARE_TOPOLOGY=false but the broker lacks: {}",
-                missing.join(", ")
-            ))
+            Err(format!("the broker lacks: {}", missing.join(", ")))
         }
     }
 
