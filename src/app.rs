@@ -25,6 +25,8 @@ use crate::ops::{http, telemetry::ident};
 /// Reconnect backoff: from 200 ms, doubling, capped at 30 s.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// A session that ran this long resets the reconnect backoff.
+const SESSION_HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -155,7 +157,7 @@ impl Application {
             };
             self.readiness.set_connected(true);
             tracing::info!(broker = %self.config.amqp_url, "connected to the broker");
-            backoff = RECONNECT_MIN;
+            let session_started = std::time::Instant::now();
             match run_session(
                 &session,
                 &self.pipeline,
@@ -175,9 +177,19 @@ impl Application {
                 }
                 SessionEnd::Lost(reason) => {
                     self.readiness.set_connected(false);
-                    tracing::warn!(%reason, "broker connection lost; reconnecting");
+                    // A session that fails again soon after starting keeps the
+                    // backoff growing, so a persistent fault cannot spin.
+                    if session_started.elapsed() > SESSION_HEALTHY_AFTER {
+                        backoff = RECONNECT_MIN;
+                    }
+                    tracing::warn!(%reason, retry_in = ?backoff, "broker session lost; reconnecting");
                     // Close what is left; unacked deliveries go back to the queue.
                     session.close().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
             }
         }

@@ -13,6 +13,8 @@ pub struct BrokerSession {
     pub connection: Connection,
     pub consume: Channel,
     pub publisher: Publisher,
+    /// Set when this session can no longer settle messages; it is then replaced.
+    pub broken: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,7 @@ impl BrokerSession {
             connection,
             consume,
             publisher: Publisher::new(publish),
+            broken: tokio_util::sync::CancellationToken::new(),
         })
     }
 

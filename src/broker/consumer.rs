@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -82,11 +82,26 @@ pub async fn run_session(
         readiness.set_consuming(true);
         tracing::info!(queue = %pipeline.topology.queue, "consuming");
 
+        // A broken publishing channel (e.g. a channel error from a deleted
+        // exchange) would make every settle fail; reconnect and redeclare instead.
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        // Cancelled by a delivery task whose confirmed copy failed.
+        let broken = session.broken.clone();
         let paused = loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break false,
                 _ = async { circuit_state.wait_for(|open| *open).await.map(|_| ()) } => break true,
+                _ = broken.cancelled() => {
+                    readiness.set_consuming(false);
+                    return SessionEnd::Lost("a confirmed copy could not be published".into());
+                }
+                _ = health.tick() => {
+                    if !session.publisher.channel().status().connected() || !session.consume.status().connected() {
+                        readiness.set_consuming(false);
+                        return SessionEnd::Lost("a broker channel was closed".into());
+                    }
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let received = Instant::now();
@@ -99,8 +114,9 @@ pub async fn run_session(
                         };
                         let pipeline = pipeline.clone();
                         let publisher = session.publisher.clone();
+                        let broken = session.broken.clone();
                         tasks.spawn(async move {
-                            process(&pipeline, &publisher, delivery, received).await;
+                            process(&pipeline, &publisher, &broken, delivery, received).await;
                             drop(permit);
                         });
                     }
@@ -134,9 +150,10 @@ pub async fn run_session(
                     let received = Instant::now();
                     let pipeline = pipeline.clone();
                     let publisher = session.publisher.clone();
-                    tasks.spawn(
-                        async move { process(&pipeline, &publisher, delivery, received).await },
-                    );
+                    let broken = session.broken.clone();
+                    tasks.spawn(async move {
+                        process(&pipeline, &publisher, &broken, delivery, received).await
+                    });
                 }
                 Ok(Some(Err(error))) => {
                     return SessionEnd::Lost(format!("delivery stream failed: {error}"));
@@ -148,12 +165,14 @@ pub async fn run_session(
     }
 }
 
-/// Handles one delivery and settles it. Every path ends in an ack, a nack
-/// (requeue: the copy could not be made durable), or a dead channel (the
-/// broker requeues).
+/// Handles one delivery and settles it. Every path ends in an ack, or in the
+/// delivery left unacked on a session that is then closed (the broker
+/// requeues it): when a confirmed copy cannot be made, the broker side is not
+/// healthy, and a nack would only redeliver it at once, again and again.
 pub async fn process(
     pipeline: &Pipeline,
     publisher: &Publisher,
+    session_broken: &CancellationToken,
     delivery: Delivery,
     received: Instant,
 ) {
@@ -241,15 +260,9 @@ pub async fn process(
         tracing::warn!(
             event_id,
             %error,
-            "could not make the message's copy durable; returning it to the queue"
+            "could not make the message's copy durable; reconnecting, the broker will redeliver it"
         );
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await;
+        session_broken.cancel();
         metrics.in_flight.dec();
         return;
     }

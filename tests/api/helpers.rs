@@ -100,6 +100,12 @@ impl TestApp {
     }
 
     pub async fn start(sim: MosSim, config: Config) -> Self {
+        // Logs appear with a failing test's output (RUST_LOG=debug for more).
+        identity_link_worker::ops::telemetry::init_with_default(
+            identity_link_worker::config::LogFormat::Text,
+            identity_link_worker::config::IdentifierLogging::Hashed,
+            "warn",
+        );
         let connection = broker().await;
         let app = Application::build(config.clone())
             .await

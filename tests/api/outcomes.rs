@@ -285,3 +285,30 @@ async fn identifiers_are_found_by_every_default_pointer_shape() {
     assert_eq!(pairs, want);
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dead_letter_exchange_is_redeclared_and_nothing_is_lost() {
+    use lapin::options::ExchangeDeleteOptions;
+    let mut app = TestApp::spawn().await;
+    let channel = app.connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            app.topology.dead_letter.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    app.publish("user.logged_in", b"not json either").await;
+    // The dead-letter publish fails, the message goes back, the worker
+    // reconnects, declares the topology again, and the second try lands.
+    app.wait_settled(1).await;
+    app.stop_worker().await;
+    let dead = app.take_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], headers::REASON).as_deref(),
+        Some("malformed")
+    );
+    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.finish().await;
+}
