@@ -2,11 +2,14 @@
 //!
 //! Messages are read with `basic.get` and held unacked while we look, so the
 //! queue is never changed by looking; closing the channel puts back what we
-//! did not take. A replay publishes the copy to its original exchange and
-//! routing key, waits for the broker's confirm, and only then acks (removes)
-//! the dead letter: a crash in between leaves a duplicate, never a loss.
+//! did not take (a quorum queue applies those returns asynchronously, so each
+//! command waits until they show again). A replay publishes the copy to its
+//! original exchange and routing key, waits for the broker's confirm, and
+//! only then acks (removes) the dead letter: a crash in between leaves a
+//! duplicate, never a loss.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -20,6 +23,9 @@ use super::topology::Topology;
 
 /// `dlq stats` looks at no more than this many messages to count reasons.
 pub const STATS_SCAN_LIMIT: usize = 100_000;
+
+/// How long a command waits for the messages it looked at to show again.
+const PUT_BACK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterView {
@@ -123,6 +129,26 @@ async fn browse(
     Ok((channel, seen, depth))
 }
 
+/// Closes the browsing channel, which hands back what was held unacked, and
+/// waits (bounded) until the queue holds `expected` messages again: a quorum
+/// queue applies returns asynchronously, and without this a `dlq stats` right
+/// after a `dlq list` would count, and look at, fewer messages than there are.
+async fn put_back(connection: &Connection, channel: Channel, queue: &str, expected: u32) {
+    let _ = channel.close(200, "dlq done".into()).await;
+    let Ok(check) = connection.create_channel().await else {
+        return;
+    };
+    let deadline = Instant::now() + PUT_BACK_WAIT;
+    while Instant::now() < deadline {
+        match depth(&check, queue).await {
+            Ok(n) if n < expected => tokio::time::sleep(Duration::from_millis(20)).await,
+            // Back (or the queue is gone, which closed the channel): done.
+            _ => break,
+        }
+    }
+    let _ = check.close(200, "dlq done".into()).await;
+}
+
 pub async fn stats(connection: &Connection, topology: &Topology) -> Result<DlqStats, DlqError> {
     let (channel, seen, messages) =
         browse(connection, &topology.dead_letter, STATS_SCAN_LIMIT).await?;
@@ -138,7 +164,7 @@ pub async fn stats(connection: &Connection, topology: &Topology) -> Result<DlqSt
             .entry(reason_of(&delivery.properties))
             .or_default() += 1;
     }
-    let _ = channel.close(200, "dlq stats done".into()).await;
+    put_back(connection, channel, &topology.dead_letter, messages).await;
     Ok(stats)
 }
 
@@ -147,9 +173,9 @@ pub async fn list(
     topology: &Topology,
     limit: usize,
 ) -> Result<Vec<DeadLetterView>, DlqError> {
-    let (channel, seen, _) = browse(connection, &topology.dead_letter, limit).await?;
+    let (channel, seen, depth) = browse(connection, &topology.dead_letter, limit).await?;
     let views = seen.iter().map(view).collect();
-    let _ = channel.close(200, "dlq list done".into()).await;
+    put_back(connection, channel, &topology.dead_letter, depth).await;
     Ok(views)
 }
 
@@ -168,7 +194,7 @@ pub async fn replay(
     } else {
         limit
     };
-    let (channel, seen, _) = browse(connection, &topology.dead_letter, scan).await?;
+    let (channel, seen, depth) = browse(connection, &topology.dead_letter, scan).await?;
     let mut report = ReplayReport::default();
     for delivery in seen {
         let props = &delivery.properties;
@@ -223,7 +249,8 @@ pub async fn replay(
             }
         }
     }
-    let _ = channel.close(200, "dlq replay done".into()).await;
+    let expected = depth.saturating_sub(u32::try_from(report.replayed).unwrap_or(u32::MAX));
+    put_back(connection, channel, &topology.dead_letter, expected).await;
     let _ = publisher
         .channel()
         .close(200, "dlq replay done".into())

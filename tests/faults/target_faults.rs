@@ -1,0 +1,316 @@
+//! Scenarios 4 and 5: the target is down for 60 s (503, then dropped
+//! connections), and the key is refused for 60 s (401). The circuit must open,
+//! nothing may reach the dead-letter queue or burn its retry ladder, and
+//! everything links once the target is back.
+
+use std::time::{Duration, Instant};
+
+use identity_link_worker::sim::{Faults, RateFault, SimConfig};
+
+use crate::harness::*;
+
+/// As the issue says. `FAULTS_OUTAGE_SECS` shortens it for local iterations.
+fn outage() -> Duration {
+    let secs = std::env::var("FAULTS_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+const TOTAL: usize = 3_000;
+const PROBE: Duration = Duration::from_secs(2);
+
+/// A short ladder on purpose: 1 s + 2 s. Were messages cycled through it
+/// during a 60 s outage, they would be dead-lettered `retries_exhausted`.
+const OVERRIDES: &[(&str, &str)] = &[
+    ("LINKER_RETRY_DELAYS", "1s,2s"),
+    ("LINKER_CIRCUIT_PROBE_INTERVAL", "2s"),
+    ("LINKER_CIRCUIT_FAILURE_THRESHOLD", "20"),
+];
+
+struct Observed {
+    circuit_opened: bool,
+    readiness_reason: String,
+    /// Link calls that reached the target while the circuit was open.
+    calls_while_open: u64,
+    open_for: Duration,
+    dead_during: u32,
+}
+
+/// Publishes TOTAL events at ~200/s, starts `fault` after 3 s, keeps it for
+/// `outage()`, then ends it with `heal`; checks the circuit meanwhile.
+async fn run_outage(
+    scenario: &Scenario,
+    events: &[Event],
+    fault: impl Fn(&Scenario),
+    heal: impl Fn(&Scenario),
+    midway: impl Fn(&Scenario),
+) -> (Observed, Instant, ReadyRecorder, Worker) {
+    let ready = ReadyRecorder::start(scenario.ops);
+    let worker = scenario.spawn_worker("worker");
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let mut producer = Producer::new(scenario);
+    let all = events.to_vec();
+    let producing = tokio::spawn(async move {
+        producer
+            .send_paced(&all, 20, Duration::from_millis(100))
+            .await;
+        producer.close().await;
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let began = Instant::now();
+    fault(scenario);
+    wait_for("the circuit to open", Duration::from_secs(20), || async {
+        worker.metrics().await.is_some_and(|m| m.circuit_open == 1)
+    })
+    .await;
+    let opened = Instant::now();
+    let readiness_reason = match scrape_ready(&worker).await {
+        (503, reason) => reason,
+        (status, reason) => panic!("readyz answered {status} {reason} with the circuit open"),
+    };
+    // Calls already sleeping in backoff may still go out once; after that only probes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls_at = scenario.sim.stats().requests;
+    let counted_from = Instant::now();
+    let half = began + outage() / 2;
+    tokio::time::sleep_until(half.into()).await;
+    midway(scenario);
+    tokio::time::sleep_until((began + outage()).into()).await;
+    let calls_while_open = scenario.sim.stats().requests - calls_at;
+    let counted_for = counted_from.elapsed();
+    let still_open = worker.metrics().await.is_some_and(|m| m.circuit_open == 1);
+    let connection = broker().await;
+    let dead_during = depth(&connection, &scenario.topology.dead_letter).await;
+    let _ = connection.close(200, "ok".into()).await;
+    assert!(still_open, "the circuit stayed open through the outage");
+    note(&format!(
+        "{} link calls in the last {} of the outage (probe every {}): probes only",
+        calls_while_open,
+        secs(counted_for),
+        secs(PROBE)
+    ));
+    // At most one probe per interval (+1 for the edges).
+    let max_probes = counted_for.as_secs_f64() / PROBE.as_secs_f64() + 2.0;
+    assert!(
+        calls_while_open as f64 <= max_probes,
+        "{calls_while_open} calls in {counted_for:?} while open"
+    );
+    heal(scenario);
+    let healed = Instant::now();
+    producing.await.unwrap();
+    (
+        Observed {
+            circuit_opened: true,
+            readiness_reason,
+            calls_while_open,
+            open_for: healed.duration_since(opened),
+            dead_during,
+        },
+        healed,
+        ready,
+        worker,
+    )
+}
+
+async fn scrape_ready(worker: &Worker) -> (u16, String) {
+    let response = http_client()
+        .get(format!("http://{}/readyz", worker.ops))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["reason"].as_str().unwrap_or("").to_owned())
+}
+
+async fn finish(
+    scenario: &Scenario,
+    events: &[Event],
+    healed: Instant,
+    ready: &ReadyRecorder,
+    mut worker: Worker,
+) -> (Tally, Duration, Duration, Scrape) {
+    wait_for(
+        "readiness after recovery",
+        Duration::from_secs(30),
+        || async { ready.ready_at_or_after(healed).is_some() },
+    )
+    .await;
+    let ready_again = ready
+        .ready_at_or_after(healed)
+        .unwrap()
+        .duration_since(healed);
+    let drained = wait_drained(scenario, events, Duration::from_secs(120))
+        .await
+        .duration_since(healed);
+    let metrics = worker.metrics().await.expect("metrics");
+    let (status, _) = worker.stop(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_queues_empty(scenario).await;
+    let dead = dead_letters(scenario).await;
+    (
+        tally(events, &scenario.sim, &dead),
+        ready_again,
+        drained,
+        metrics,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
+    let scenario = Scenario::new(
+        "s04-target-outage",
+        SimConfig {
+            faults: Faults {
+                latency_ms: 10,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        OVERRIDES,
+    )
+    .await;
+    let events = mixed_load(&scenario.tag, TOTAL);
+    let (observed, healed, ready, worker) = run_outage(
+        &scenario,
+        &events,
+        |s| {
+            s.sim.set_faults(Faults {
+                rate: Some(RateFault {
+                    status: 503,
+                    probability: 1.0,
+                }),
+                ..Faults::default()
+            })
+        },
+        |s| {
+            s.sim.set_faults(Faults {
+                latency_ms: 10,
+                ..Faults::default()
+            })
+        },
+        // Second half: the target drops every connection without answering.
+        |s| {
+            s.sim.set_faults(Faults {
+                drop_rate: 1.0,
+                ..Faults::default()
+            })
+        },
+    )
+    .await;
+    let (t, ready_again, drained, metrics) =
+        finish(&scenario, &events, healed, &ready, worker).await;
+    let scan = scenario.assert_no_secret_in_output();
+    Summary {
+        scenario: "4 target outage",
+        load: format!(
+            "{TOTAL} events at ~200/s ({} to skip), ladder 1s,2s, probe every 2 s",
+            t.skipped
+        ),
+        faults: format!(
+            "mos-sim 503 for {} s, then drops connections for {} s",
+            outage().as_secs() / 2,
+            outage().as_secs() - outage().as_secs() / 2
+        ),
+        tally: &t,
+        recovery: format!(
+            "target back to ready {}, backlog drained {}",
+            secs(ready_again),
+            secs(drained)
+        ),
+    }
+    .print();
+    note(&format!(
+        "circuit open for {} (readyz {}), {} calls while open, DLQ during outage {}, delayed retries {} (before the circuit opened), immediate+delayed retries spent on the outage {}; {}",
+        secs(observed.open_for),
+        observed.readiness_reason,
+        observed.calls_while_open,
+        observed.dead_during,
+        metrics.outcome("retried"),
+        metrics
+            .text
+            .lines()
+            .filter(|l| l.starts_with("identity_linker_retries_total"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        scan.describe()
+    ));
+    assert!(observed.circuit_opened);
+    assert_eq!(observed.readiness_reason, "circuit_open_target_unavailable");
+    assert_eq!(
+        observed.dead_during, 0,
+        "nothing dead-lettered during the outage"
+    );
+    assert_eq!(t.dead_lettered, 0, "nothing dead-lettered at all");
+    assert_eq!(t.lost, 0);
+    assert_eq!(t.duplicates, 0);
+    assert_eq!(t.unexpected_links, 0);
+    scenario.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
+    let scenario = Scenario::new(
+        "s05-key-revoked",
+        SimConfig {
+            faults: Faults {
+                latency_ms: 10,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        OVERRIDES,
+    )
+    .await;
+    let events = mixed_load(&scenario.tag, TOTAL);
+    let revoked = format!("revoked-{}", random_hex(8));
+    let (observed, healed, ready, worker) = run_outage(
+        &scenario,
+        &events,
+        |s| s.sim.set_key(&revoked),
+        |s| s.sim.set_key(&s.key),
+        |_| {},
+    )
+    .await;
+    let refused = scenario.sim.stats().status(401);
+    let (t, ready_again, drained, metrics) =
+        finish(&scenario, &events, healed, &ready, worker).await;
+    let scan = scenario.assert_no_secret_in_output();
+    Summary {
+        scenario: "5 key revoked",
+        load: format!(
+            "{TOTAL} events at ~200/s ({} to skip), probe every 2 s",
+            t.skipped
+        ),
+        faults: format!("mos-sim refuses the key (401) for {} s", outage().as_secs()),
+        tally: &t,
+        recovery: format!(
+            "key back to ready {}, backlog drained {}",
+            secs(ready_again),
+            secs(drained)
+        ),
+    }
+    .print();
+    note(&format!(
+        "circuit open for {} (readyz {}), {refused} answers 401 in all, {} calls while open, delayed retries {}; {}",
+        secs(observed.open_for),
+        observed.readiness_reason,
+        observed.calls_while_open,
+        metrics.outcome("retried"),
+        scan.describe()
+    ));
+    assert_eq!(observed.readiness_reason, "circuit_open_key_refused");
+    assert_eq!(observed.dead_during, 0);
+    assert_eq!(t.dead_lettered, 0);
+    assert_eq!(
+        metrics.outcome("retried"),
+        0,
+        "a refused key burns no retry step"
+    );
+    assert_eq!(t.lost, 0);
+    assert_eq!(t.duplicates, 0);
+    assert_eq!(t.unexpected_links, 0);
+    scenario.cleanup().await;
+}
