@@ -110,7 +110,7 @@ impl LinkClient {
             .http
             .post(self.url.clone())
             .header("x-mos-key", self.key_header.clone())
-            .header("x-request-id", request_id)
+            .header("x-request-id", request_id_header(request_id))
             .json(&body)
             .send()
             .await;
@@ -214,6 +214,21 @@ impl LinkClient {
             },
         }
     }
+}
+
+/// The event id comes from the producer (`message_id` or the body) and may
+/// hold characters a header cannot carry (control characters). Such an id
+/// must not fail the call: reqwest would report a builder error, which looks
+/// transient, so the message would burn its retry ladder and could even open
+/// the circuit. Those characters are replaced instead.
+fn request_id_header(request_id: &str) -> HeaderValue {
+    HeaderValue::from_str(request_id).unwrap_or_else(|_| {
+        let cleaned: String = request_id
+            .chars()
+            .map(|c| if c.is_control() { '_' } else { c })
+            .collect();
+        HeaderValue::from_str(&cleaned).unwrap_or(HeaderValue::from_static("invalid-event-id"))
+    })
 }
 
 fn describe_transport_error(error: &reqwest::Error) -> String {
@@ -355,6 +370,17 @@ mod tests {
         let date = httpdate::fmt_http_date(now + Duration::from_secs(7));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn any_event_id_makes_a_valid_request_id() {
+        assert_eq!(request_id_header("evt-1"), "evt-1");
+        assert_eq!(request_id_header("line\nbreak\u{0}"), "line_break_");
+        assert_eq!(request_id_header("ctl\u{7f}id"), "ctl_id");
+        assert_eq!(
+            request_id_header("évènement").as_bytes(),
+            "évènement".as_bytes()
+        );
     }
 
     #[test]
