@@ -1,0 +1,653 @@
+//! One run of one scenario: private topology, pre-fill, start the consumer
+//! under test as a child process, time it, check nothing was lost, clean up.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lapin::Connection;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use identity_link_worker::broker::connection::connect;
+use identity_link_worker::broker::topology::Topology;
+use identity_link_worker::config::{AmqpUrl, Config};
+use identity_link_worker::sim::SimStats;
+
+use crate::bare::BareReport;
+use crate::fill::{make_events, prefill};
+use crate::procs::{self, Proc};
+use crate::stats::{self, Scrape};
+
+pub const SIM_KEY: &str = "bench-secret-key";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Minimal lapin consumer that only acks, one ack per delivery.
+    Bare,
+    /// The same with one `multiple` ack per 32 deliveries (a reference, not a target).
+    BareBatched,
+    /// Worker, every event a new pair, target answers at once.
+    Instant,
+    /// Worker, every event a new pair, target answers after a fixed latency.
+    Latency,
+    /// Worker, each pair seen `repeat` times.
+    Repeated,
+    /// Worker, instant target, a large backlog.
+    Large,
+}
+
+impl Kind {
+    pub fn is_bare(self) -> bool {
+        matches!(self, Kind::Bare | Kind::BareBatched)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    pub kind: Kind,
+    pub name: String,
+    pub events: usize,
+    /// How many times each (anonymous, user) pair occurs.
+    pub repeat: usize,
+    /// mos-sim added latency per request.
+    pub latency_ms: u64,
+    pub runs: usize,
+}
+
+/// What every run shares.
+pub struct Bench {
+    pub amqp_url: String,
+    pub worker_bin: PathBuf,
+    pub sim_bin: PathBuf,
+    pub self_bin: PathBuf,
+    pub log_dir: PathBuf,
+    pub concurrency: usize,
+    pub prefetch: u16,
+    pub bare_mode: String,
+    pub worker_env: Vec<(String, String)>,
+    /// A run fails if no message settles for this long.
+    pub stall_limit: Duration,
+    pub http: reqwest::Client,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the window started.
+    pub t: f64,
+    /// Messages settled since the window started.
+    pub messages: u64,
+    /// Resident set size of the consumer process, MiB.
+    pub rss_mib: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub run: usize,
+    pub events: u64,
+    pub prefill_secs: f64,
+    /// Waiting for the broker to go idle after the pre-fill.
+    pub settle_secs: f64,
+    /// Messages settled inside the measurement window.
+    pub window_messages: u64,
+    pub window_secs: f64,
+    pub msg_per_s: f64,
+    /// Delivery-to-ack, from the histogram (worker's own, or the same buckets for bare), ms.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Exact means over the window (worker: from the histograms' _sum/_count), ms.
+    pub mean_ms: Option<f64>,
+    pub api_call_mean_ms: Option<f64>,
+    /// Bare only: exact quantiles of every sample, ms.
+    pub exact_p50_ms: Option<f64>,
+    pub exact_p99_ms: Option<f64>,
+    /// VmHWM of the consumer process at the end of the run, MiB.
+    pub peak_rss_mib: f64,
+    pub cpu_secs: f64,
+    pub cpu_s_per_1k: f64,
+    pub sim_cpu_secs: f64,
+    pub broker_cpu_secs: f64,
+    pub harness_cpu_secs: f64,
+    /// Average busy cores of the whole machine during the window.
+    pub machine_busy_cores: f64,
+    /// CPU (cores, averaged over the window) used by processes that are not
+    /// part of the run: other builds and tests on the machine.
+    pub other_busy_cores: f64,
+    pub api_calls: u64,
+    pub calls_per_event: f64,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub sim: Option<SimStats>,
+    pub timeline: Vec<Sample>,
+}
+
+struct Names {
+    config: Config,
+    vars: Vec<(String, String)>,
+}
+
+fn names(bench: &Bench, sim_url: &str) -> Result<Names, String> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let vars: Vec<(String, String)> = vec![
+        ("LINKER_AMQP_URL".into(), bench.amqp_url.clone()),
+        ("LINKER_QUEUE".into(), format!("bench-{suffix}")),
+        (
+            "LINKER_EXCHANGE".into(),
+            format!("bench-{suffix}.auth.events"),
+        ),
+        ("LINKER_MOS_ENDPOINT_URL".into(), sim_url.to_owned()),
+        ("LINKER_MOS_SECRET_KEY".into(), SIM_KEY.into()),
+        ("LINKER_CONCURRENCY".into(), bench.concurrency.to_string()),
+        ("LINKER_PREFETCH".into(), bench.prefetch.to_string()),
+    ];
+    let config = Config::from_vars(vars.clone()).map_err(|e| e.to_string())?;
+    Ok(Names { config, vars })
+}
+
+async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("queue {queue}: {e}"))?;
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(declared.message_count())
+}
+
+/// Waits (at most 20 s) until the broker has used under 5 % of a core over
+/// the last 300 ms, twice in a row.
+async fn wait_for_quiet_broker(broker: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet = 0;
+    let busy = || {
+        broker
+            .iter()
+            .filter_map(|p| procs::cpu_seconds(*p))
+            .sum::<f64>()
+    };
+    while quiet < 2 && Instant::now() < deadline {
+        let before = busy();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if (busy() - before) / 0.3 < 0.05 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+    }
+}
+
+async fn get_ok(http: &reqwest::Client, url: &str) -> bool {
+    matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+async fn scrape(http: &reqwest::Client, url: &str) -> Result<(Scrape, Instant), String> {
+    let before = Instant::now();
+    let text = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let after = Instant::now();
+    // The scrape describes the moment halfway through the request.
+    Ok((stats::parse_metrics(&text), before + (after - before) / 2))
+}
+
+struct Cpu {
+    consumer: f64,
+    sim: f64,
+    /// Per broker pid: short-lived beam.smp processes (rabbitmqctl run by
+    /// others) must not make the difference negative.
+    broker: Vec<(u32, f64)>,
+    harness: f64,
+    busy: f64,
+}
+
+fn cpu_now(consumer: u32, sim: Option<u32>, broker: &[u32]) -> Cpu {
+    Cpu {
+        consumer: procs::cpu_seconds(consumer).unwrap_or(0.0),
+        sim: sim.and_then(procs::cpu_seconds).unwrap_or(0.0),
+        broker: broker
+            .iter()
+            .filter_map(|pid| Some((*pid, procs::cpu_seconds(*pid)?)))
+            .collect(),
+        harness: procs::cpu_seconds(std::process::id()).unwrap_or(0.0),
+        busy: procs::machine_cpu().0,
+    }
+}
+
+/// Runs one scenario once. Cleans up (children, queues) whatever happens.
+pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<RunResult, String> {
+    let connection = connect(&AmqpUrl::new(bench.amqp_url.clone()), "bench harness")
+        .await
+        .map_err(|e| e.to_string())?;
+    let sim_port = procs::free_port();
+    let sim_url = format!(
+        "http://127.0.0.1:{sim_port}{}",
+        identity_link_worker::sim::ENDPOINT_PATH
+    );
+    let names = names(bench, &sim_url)?;
+    let topology = Topology::from_config(&names.config);
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    topology
+        .declare(&channel)
+        .await
+        .map_err(|e| format!("declare: {e}"))?;
+
+    let mut sim = None;
+    let result = async {
+        if !scenario.kind.is_bare() {
+            sim = Some(start_sim(bench, scenario, run, sim_port).await?);
+        }
+        measure(
+            bench,
+            scenario,
+            run,
+            &connection,
+            &names,
+            &topology,
+            sim.as_ref(),
+        )
+        .await
+    }
+    .await;
+
+    if let Some(sim) = sim {
+        sim.stop(Duration::from_secs(10)).await;
+    }
+    if let Err(e) = topology.delete(&channel).await {
+        eprintln!("bench: could not delete the private topology: {e}");
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    result
+}
+
+async fn start_sim(
+    bench: &Bench,
+    scenario: &Scenario,
+    run: usize,
+    port: u16,
+) -> Result<Proc, String> {
+    let args = vec![
+        "--addr".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--key".to_owned(),
+        SIM_KEY.to_owned(),
+        "--pause".to_owned(),
+        "0ms".to_owned(),
+        "--latency".to_owned(),
+        format!("{}ms", scenario.latency_ms),
+    ];
+    let log = bench
+        .log_dir
+        .join(format!("{}-{run}-mos-sim.log", scenario.name));
+    let env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    let mut sim = Proc::spawn("mos-sim", &bench.sim_bin, &args, &env, log, false)?;
+    let health = format!("http://127.0.0.1:{port}/_sim/healthz");
+    if !procs::wait_until(Duration::from_secs(20), || get_ok(&bench.http, &health)).await {
+        let exited = sim.exited();
+        sim.stop(Duration::from_secs(2)).await;
+        return Err(format!("mos-sim did not become healthy ({exited:?})"));
+    }
+    Ok(sim)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    bench: &Bench,
+    scenario: &Scenario,
+    run: usize,
+    connection: &Connection,
+    names: &Names,
+    topology: &Topology,
+    sim: Option<&Proc>,
+) -> Result<RunResult, String> {
+    let n = scenario.events as u64;
+    // Pre-fill before the consumer starts: the run measures draining a backlog.
+    let seed = 0x5eed_0000 + run as u64 * 7919 + scenario.kind as u64;
+    let events = make_events(scenario.events, scenario.repeat.max(1), seed);
+    let distinct_pairs = scenario.events.div_ceil(scenario.repeat.max(1)) as u64;
+    let prefill_time = prefill(connection, &topology.exchange, &events, 4).await?;
+    drop(events);
+    let ready_depth = depth(connection, &topology.queue).await?;
+    if u64::from(ready_depth) != n {
+        return Err(format!(
+            "after pre-fill the queue holds {ready_depth} messages, expected {n}"
+        ));
+    }
+    let broker = procs::broker_pids();
+    // The broker keeps working after a pre-fill (and after the previous
+    // run's queues were deleted): writing segments, compacting its logs.
+    // Start only once it is idle, or runs measure each other's leftovers.
+    let settle_started = Instant::now();
+    wait_for_quiet_broker(&broker).await;
+    let settle_secs = settle_started.elapsed().as_secs_f64();
+    let mut result = RunResult {
+        scenario: scenario.name.clone(),
+        run,
+        events: n,
+        prefill_secs: prefill_time.as_secs_f64(),
+        settle_secs,
+        ..RunResult::default()
+    };
+    let sim_pid = sim.map(|s| s.pid);
+    if scenario.kind.is_bare() {
+        measure_bare(bench, scenario, run, topology, &broker, &mut result).await?;
+    } else {
+        measure_worker(bench, scenario, run, names, sim_pid, &broker, &mut result).await?;
+        let sim_stats: SimStats = bench
+            .http
+            .get(format!(
+                "http://{}/_sim/stats",
+                names
+                    .config
+                    .endpoint_url
+                    .socket_addrs(|| None)
+                    .ok()
+                    .and_then(|a| a.first().copied())
+                    .ok_or("sim address")?
+            ))
+            .send()
+            .await
+            .map_err(|e| format!("sim stats: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("sim stats: {e}"))?;
+        result.api_calls = sim_stats.requests;
+        result.calls_per_event = sim_stats.requests as f64 / n as f64;
+        // Nothing lost, nothing linked twice.
+        if sim_stats.links != distinct_pairs {
+            return Err(format!(
+                "mos-sim holds {} links, expected {distinct_pairs} (one per pair)",
+                sim_stats.links
+            ));
+        }
+        if sim_stats.duplicates != 0 {
+            return Err(format!(
+                "mos-sim saw {} duplicate creates",
+                sim_stats.duplicates
+            ));
+        }
+        let linked = result.outcomes.get("linked").copied().unwrap_or(0)
+            + result.outcomes.get("already_linked").copied().unwrap_or(0);
+        if sim_stats.creates != distinct_pairs {
+            return Err(format!(
+                "mos-sim created {} links, expected {distinct_pairs}",
+                sim_stats.creates
+            ));
+        }
+        if linked != n {
+            return Err(format!(
+                "{linked} of {n} messages were linked; outcomes {:?}",
+                result.outcomes
+            ));
+        }
+        result.sim = Some(sim_stats);
+    }
+    // The backlog is gone and nothing went to a retry or dead-letter queue.
+    for queue in std::iter::once(&topology.queue)
+        .chain(std::iter::once(&topology.dead_letter))
+        .chain(topology.retry_queues.iter().map(|r| &r.name))
+    {
+        let left = depth(connection, queue).await?;
+        if left != 0 {
+            return Err(format!("{left} messages left in {queue}"));
+        }
+    }
+    Ok(result)
+}
+
+async fn measure_worker(
+    bench: &Bench,
+    scenario: &Scenario,
+    run: usize,
+    names: &Names,
+    sim_pid: Option<u32>,
+    broker: &[u32],
+    result: &mut RunResult,
+) -> Result<(), String> {
+    let n = result.events;
+    let ops_port = procs::free_port();
+    let mut env = names.vars.clone();
+    env.push(("LINKER_HTTP_ADDR".into(), format!("127.0.0.1:{ops_port}")));
+    env.extend(bench.worker_env.iter().cloned());
+    let log = bench
+        .log_dir
+        .join(format!("{}-{run}-worker.log", scenario.name));
+    let mut worker = Proc::spawn(
+        "identity-link-worker",
+        &bench.worker_bin,
+        &["run".to_owned()],
+        &env,
+        log.clone(),
+        false,
+    )?;
+    let outcome = async {
+        let readyz = format!("http://127.0.0.1:{ops_port}/readyz");
+        let metrics = format!("http://127.0.0.1:{ops_port}/metrics");
+        let ready =
+            procs::wait_until(Duration::from_secs(60), || get_ok(&bench.http, &readyz)).await;
+        if !ready {
+            return Err(format!(
+                "the worker did not become ready within 60 s ({:?}); see {}",
+                worker.exited(),
+                log.display()
+            ));
+        }
+        // Window start: the first scrape after ready (messages already
+        // settled by then are left out of the rate).
+        let (start, t0) = scrape(&bench.http, &metrics).await?;
+        let cpu0 = cpu_now(worker.pid, sim_pid, broker);
+        let m0 = start.settled();
+        let mut last = (m0, Instant::now());
+        let mut next_sample = Instant::now();
+        let (end, t1) = loop {
+            let (now, t) = scrape(&bench.http, &metrics).await?;
+            let settled = now.settled();
+            if Instant::now() >= next_sample {
+                result.timeline.push(Sample {
+                    t: (t - t0).as_secs_f64(),
+                    messages: settled - m0,
+                    rss_mib: procs::rss_mib(worker.pid).unwrap_or(0.0),
+                });
+                next_sample += Duration::from_millis(250);
+            }
+            if settled >= n {
+                break (now, t);
+            }
+            if settled != last.0 {
+                last = (settled, Instant::now());
+            } else if last.1.elapsed() > bench.stall_limit {
+                return Err(format!(
+                    "stalled: {settled} of {n} settled, no progress for {:?}; outcomes {:?}",
+                    bench.stall_limit, now.outcomes
+                ));
+            }
+            if let Some(status) = worker.exited() {
+                return Err(format!("the worker exited during the run: {status}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let cpu1 = cpu_now(worker.pid, sim_pid, broker);
+        result.peak_rss_mib = procs::peak_rss_mib(worker.pid).unwrap_or(0.0);
+        result.timeline.push(Sample {
+            t: (t1 - t0).as_secs_f64(),
+            messages: end.settled() - m0,
+            rss_mib: procs::rss_mib(worker.pid).unwrap_or(0.0),
+        });
+        fill_window(result, n - m0, t1 - t0, &cpu0, &cpu1);
+        let buckets = stats::bucket_delta(&end.duration_buckets, &start.duration_buckets);
+        result.p50_ms = stats::histogram_quantile(0.5, &buckets).unwrap_or(0.0) * 1e3;
+        result.p99_ms = stats::histogram_quantile(0.99, &buckets).unwrap_or(0.0) * 1e3;
+        result.mean_ms =
+            stats::window_mean(end.message_duration, start.message_duration).map(|m| m * 1e3);
+        result.api_call_mean_ms =
+            stats::window_mean(end.api_duration, start.api_duration).map(|m| m * 1e3);
+        result.outcomes = end.outcomes.clone();
+        if end.outcome("dead_lettered") + end.outcome("retried") + end.outcome("skipped") != 0 {
+            return Err(format!("unexpected outcomes: {:?}", end.outcomes));
+        }
+        if end.settled() != n {
+            return Err(format!("{} settled, expected {n}", end.settled()));
+        }
+        if end.retries != 0 {
+            return Err(format!("{} retries during the run", end.retries));
+        }
+        Ok(())
+    }
+    .await;
+    let code = worker.stop(Duration::from_secs(30)).await;
+    outcome?;
+    if code != Some(0) {
+        return Err(format!(
+            "the worker exited with {code:?} on SIGTERM; see {}",
+            log.display()
+        ));
+    }
+    Ok(())
+}
+
+fn fill_window(result: &mut RunResult, messages: u64, window: Duration, cpu0: &Cpu, cpu1: &Cpu) {
+    let secs = window.as_secs_f64().max(1e-9);
+    result.window_messages = messages;
+    result.window_secs = secs;
+    result.msg_per_s = messages as f64 / secs;
+    result.cpu_secs = cpu1.consumer - cpu0.consumer;
+    result.cpu_s_per_1k = result.cpu_secs / (messages.max(1) as f64 / 1000.0);
+    result.sim_cpu_secs = cpu1.sim - cpu0.sim;
+    result.broker_cpu_secs = cpu1
+        .broker
+        .iter()
+        .filter_map(|(pid, end)| {
+            let start = cpu0.broker.iter().find(|(p, _)| p == pid)?.1;
+            Some(end - start)
+        })
+        .sum();
+    result.harness_cpu_secs = cpu1.harness - cpu0.harness;
+    let busy = cpu1.busy - cpu0.busy;
+    result.machine_busy_cores = busy / secs;
+    let ours =
+        result.cpu_secs + result.sim_cpu_secs + result.broker_cpu_secs + result.harness_cpu_secs;
+    result.other_busy_cores = ((busy - ours) / secs).max(0.0);
+}
+
+async fn next_line(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    limit: Duration,
+) -> Result<(Instant, String), String> {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .map_err(|_| format!("bare consumer silent for {limit:?}"))?
+        .ok_or_else(|| "bare consumer exited early".to_owned())
+}
+
+async fn measure_bare(
+    bench: &Bench,
+    scenario: &Scenario,
+    run: usize,
+    topology: &Topology,
+    broker: &[u32],
+    result: &mut RunResult,
+) -> Result<(), String> {
+    let n = result.events;
+    let args = vec![
+        "__bare-consumer".to_owned(),
+        bench.amqp_url.clone(),
+        topology.queue.clone(),
+        n.to_string(),
+        bench.prefetch.to_string(),
+        if scenario.kind == Kind::BareBatched {
+            "multiple".to_owned()
+        } else {
+            bench.bare_mode.clone()
+        },
+    ];
+    let log = bench
+        .log_dir
+        .join(format!("{}-{run}-bare.log", scenario.name));
+    let mut bare = Proc::spawn("bare consumer", &bench.self_bin, &args, &[], log, true)?;
+    let stdout = bare.child.stdout.take().ok_or("no stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = async {
+        let (t0, line) = next_line(&mut rx, bench.stall_limit).await?;
+        if line != "ready" {
+            return Err(format!("bare consumer said {line:?}"));
+        }
+        let cpu0 = cpu_now(bare.pid, None, broker);
+        let mut last_progress = (0u64, Instant::now());
+        let (t1, report) = loop {
+            let (t, line) = next_line(&mut rx, bench.stall_limit).await?;
+            if let Some(count) = line.strip_prefix("progress ") {
+                let count: u64 = count.parse().unwrap_or(0);
+                result.timeline.push(Sample {
+                    t: (t - t0).as_secs_f64(),
+                    messages: count,
+                    rss_mib: procs::rss_mib(bare.pid).unwrap_or(0.0),
+                });
+                if count != last_progress.0 {
+                    last_progress = (count, Instant::now());
+                } else if last_progress.1.elapsed() > bench.stall_limit {
+                    return Err(format!("bare consumer stalled at {count} of {n}"));
+                }
+            } else if let Some(json) = line.strip_prefix("done ") {
+                let report: BareReport =
+                    serde_json::from_str(json).map_err(|e| format!("bare report: {e}"))?;
+                break (t, report);
+            }
+        };
+        let cpu1 = cpu_now(bare.pid, None, broker);
+        result.peak_rss_mib = procs::peak_rss_mib(bare.pid).unwrap_or(0.0);
+        result.timeline.push(Sample {
+            t: (t1 - t0).as_secs_f64(),
+            messages: report.acked,
+            rss_mib: procs::rss_mib(bare.pid).unwrap_or(0.0),
+        });
+        fill_window(result, report.acked, t1 - t0, &cpu0, &cpu1);
+        let buckets: Vec<(f64, u64)> = stats::worker_duration_bounds()
+            .into_iter()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(report.cumulative.iter().copied())
+            .collect();
+        result.p50_ms = stats::histogram_quantile(0.5, &buckets).unwrap_or(0.0) * 1e3;
+        result.p99_ms = stats::histogram_quantile(0.99, &buckets).unwrap_or(0.0) * 1e3;
+        result.exact_p50_ms = Some(report.exact_p50 * 1e3);
+        result.exact_p99_ms = Some(report.exact_p99 * 1e3);
+        result.outcomes.insert("acked".into(), report.acked);
+        if report.acked != n {
+            return Err(format!("bare consumer acked {} of {n}", report.acked));
+        }
+        Ok(())
+    }
+    .await;
+    let code = bare.finish(Duration::from_secs(10)).await;
+    outcome?;
+    if code != Some(0) {
+        return Err(format!("the bare consumer exited with {code:?}"));
+    }
+    Ok(())
+}
