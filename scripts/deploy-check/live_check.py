@@ -6,7 +6,7 @@
 2. A real Prometheus (Debian's, from $PROMETHEUS) scrapes the worker, and a query
    through its HTTP API returns identity_linker_messages_total with the expected value.
 
-Starts mos-sim and the worker (cargo build --bins, private queue names, free ports),
+Starts mos-sim and the worker (cargo build of the two binaries, private queue names, free ports),
 publishes N events with `identity-link-worker publish`, checks, then cleans up
 (processes killed, queues and exchanges deleted through the management API).
 Needs RabbitMQ (scripts/ensure-rabbitmq). Exits 1 on any failure.
@@ -78,7 +78,7 @@ def main() -> int:
     if not prometheus_bin or not Path(prometheus_bin).exists():
         print("live check: no prometheus binary (set PROMETHEUS)", file=sys.stderr)
         return 1
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bins"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "identity-link-worker", "--bin", "mos-sim"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
     worker_bin, sim_bin = target / "identity-link-worker", target / "mos-sim"
 
