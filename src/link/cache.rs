@@ -217,7 +217,13 @@ mod tests {
         }
         let inner = cache.lock();
         assert_eq!(inner.expiry.len(), 1000);
-        assert_eq!(inner.expiry.capacity(), map);
+        // `capacity()` is items + free slots; deleted slots lower it a little,
+        // a reallocation would about double it.
+        assert!(
+            inner.expiry.capacity() <= map,
+            "{} > {map}",
+            inner.expiry.capacity()
+        );
         assert_eq!(inner.order.capacity(), order);
     }
 
