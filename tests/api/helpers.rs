@@ -39,6 +39,21 @@ pub async fn broker() -> Connection {
     }
 }
 
+/// A private mos-sim on port 0.
+pub async fn start_sim(config: SimConfig) -> MosSim {
+    MosSim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap()
+}
+
+/// The simulator configuration every test starts from: it accepts [`KEY`].
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        secret_key: KEY.into(),
+        ..SimConfig::default()
+    }
+}
+
 pub struct TestApp {
     pub sim: MosSim,
     pub config: Config,
@@ -91,9 +106,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(sim_config: SimConfig, overrides: &[(&str, &str)]) -> Self {
-        let sim = MosSim::start("127.0.0.1:0".parse().unwrap(), sim_config)
-            .await
-            .unwrap();
+        let sim = start_sim(sim_config).await;
         let vars = with(base_vars(&sim), overrides);
         let config = Config::from_vars(vars).expect("test configuration");
         Self::start(sim, config).await

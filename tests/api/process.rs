@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use identity_link_worker::config::Config;
-use identity_link_worker::sim::{Faults, MosSim, SimConfig};
+use identity_link_worker::sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 
@@ -85,15 +85,7 @@ fn each_configuration_error_exits_2_naming_the_variable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_reaches_the_broker_and_endpoint_without_linking() {
-    let sim = MosSim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            secret_key: KEY.into(),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_config()).await;
     let vars = base_vars(&sim);
     let output = command(&vars).arg("check-config").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -135,19 +127,14 @@ async fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::pro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_exits_0_and_loses_nothing() {
-    let sim = MosSim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            secret_key: KEY.into(),
-            faults: Faults {
-                latency_ms: 50,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
+    let sim = start_sim(SimConfig {
+        faults: Faults {
+            latency_ms: 50,
+            ..Faults::default()
         },
-    )
-    .await
-    .unwrap();
+        ..sim_config()
+    })
+    .await;
     let vars = with(
         base_vars(&sim),
         &[
@@ -224,15 +211,7 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_never_appears_in_output_even_at_trace() {
-    let sim = MosSim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            secret_key: KEY.into(),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_config()).await;
     let vars = with(
         base_vars(&sim),
         &[

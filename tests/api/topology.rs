@@ -153,15 +153,7 @@ async fn declared_topology_equals_deploy_definitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_declaration_off_a_missing_topology_keeps_the_worker_unready() {
-    let sim = identity_link_worker::sim::MosSim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        identity_link_worker::sim::SimConfig {
-            secret_key: KEY.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_config()).await;
     let vars = with(base_vars(&sim), &[("LINKER_DECLARE_TOPOLOGY", "false")]);
     let config = identity_link_worker::config::Config::from_vars(vars).unwrap();
     let app = identity_link_worker::app::Application::build(config.clone())
