@@ -25,7 +25,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin identity-link-worker --bin mos-sim \
+    cargo build --release --locked --no-default-features -p identity-link-worker -p mos-sim \
  && mkdir -p /out \
  && cp target/release/identity-link-worker target/release/mos-sim /out/
 

@@ -11,7 +11,6 @@
 //! - `ops`: metrics, HTTP endpoints, readiness, circuit breaker, telemetry, shutdown.
 //! - `app`: wires it together (build, then run until stopped).
 //! - `cli`: the subcommands of the binary.
-//! - `sim`: `mos-sim`, a faithful simulator of the MonetizationOS endpoint.
 
 pub mod app;
 pub mod broker;
@@ -21,4 +20,3 @@ pub mod domain;
 pub mod handler;
 pub mod link;
 pub mod ops;
-pub mod sim;

@@ -78,7 +78,7 @@ def main() -> int:
     if not prometheus_bin or not Path(prometheus_bin).exists():
         print("live check: no prometheus binary (set PROMETHEUS)", file=sys.stderr)
         return 1
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "--bin", "identity-link-worker", "--bin", "mos-sim"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "identity-link-worker", "-p", "mos-sim"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
     worker_bin, sim_bin = target / "identity-link-worker", target / "mos-sim"
 

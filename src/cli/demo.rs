@@ -12,7 +12,7 @@ use crate::broker::dlq;
 use crate::broker::publisher::Publisher;
 use crate::cli::publish::{event_body, event_properties};
 use crate::config::{Config, DEFAULT_AMQP_URL};
-use crate::sim::{Faults, MosSim, SimConfig};
+use mos_sim::{Faults, MosSim, SimConfig};
 
 const DEMO_KEY: &str = "demo-secret-key";
 

@@ -1,6 +1,7 @@
 //! The command line (contract section 9).
 
 mod check_config;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod dlq;
 mod publish;
@@ -54,6 +55,7 @@ enum Command {
         message_id: Option<String>,
     },
     /// Run a self-contained demo on the local broker with an in-process simulator.
+    #[cfg(feature = "demo")]
     Demo {
         /// How many distinct users sign up in the demo.
         #[arg(long, default_value_t = 25)]
@@ -122,6 +124,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             Ok(config) => publish::run(&config, &event, &anonymous, &user, message_id).await,
             Err(error) => config_error(&error),
         },
+        #[cfg(feature = "demo")]
         Command::Demo { users } => demo::run(users).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
     }

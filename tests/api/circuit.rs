@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use identity_link_worker::sim::{Faults, RateFault, SimConfig};
+use mos_sim::{Faults, RateFault, SimConfig};
 
 use crate::helpers::*;
 

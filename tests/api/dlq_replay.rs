@@ -1,7 +1,7 @@
 //! Contract sections 6 and 9: dead letters can be inspected and replayed.
 
 use identity_link_worker::broker::dlq;
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 

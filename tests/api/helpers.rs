@@ -12,7 +12,7 @@ use identity_link_worker::broker::publisher::Publisher;
 use identity_link_worker::broker::topology::Topology;
 use identity_link_worker::config::{AmqpUrl, Config, DEFAULT_AMQP_URL};
 use identity_link_worker::ops::metrics::Metrics;
-use identity_link_worker::sim::{MosSim, SimConfig};
+use mos_sim::{MosSim, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use identity_link_worker::broker::headers;
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 

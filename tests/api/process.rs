@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use identity_link_worker::config::Config;
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use identity_link_worker::sim::SimConfig;
+use mos_sim::SimConfig;
 
 use crate::helpers::*;
 

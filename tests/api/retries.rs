@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::headers;
-use identity_link_worker::sim::{Faults, RateFault, SimConfig};
+use mos_sim::{Faults, RateFault, SimConfig};
 
 use crate::helpers::*;
 

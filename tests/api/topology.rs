@@ -57,7 +57,7 @@ fn normalise(value: &Value, rename: &dyn Fn(&str) -> String) -> String {
 async fn declared_topology_equals_deploy_definitions() {
     // Default ladder and delivery limit, like the definitions file.
     let app = TestApp::spawn_with(
-        identity_link_worker::sim::SimConfig {
+        mos_sim::SimConfig {
             secret_key: KEY.into(),
             ..Default::default()
         },

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 
-use identity_link_worker::sim::SimConfig;
+use mos_sim::SimConfig;
 
 use crate::harness::*;
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 
 use crate::harness::*;
 

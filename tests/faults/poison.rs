@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::{dlq, headers};
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 use lapin::options::BasicGetOptions;
 
 use crate::harness::*;

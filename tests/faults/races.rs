@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use identity_link_worker::sim::SimConfig;
+use mos_sim::SimConfig;
 
 use crate::harness::*;
 

@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use identity_link_worker::broker::headers;
-use identity_link_worker::sim::{Faults, SimConfig};
+use mos_sim::{Faults, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 

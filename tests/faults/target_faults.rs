@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use identity_link_worker::sim::{Faults, RateFault, SimConfig};
+use mos_sim::{Faults, RateFault, SimConfig};
 
 use crate::harness::*;
 

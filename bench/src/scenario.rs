@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use identity_link_worker::broker::connection::connect;
 use identity_link_worker::broker::topology::Topology;
 use identity_link_worker::config::{AmqpUrl, Config};
-use identity_link_worker::sim::SimStats;
+use mos_sim::SimStats;
 
 use crate::bare::BareReport;
 use crate::fill::{make_events, prefill};
@@ -238,7 +238,7 @@ pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<
     let sim_port = procs::free_port();
     let sim_url = format!(
         "http://127.0.0.1:{sim_port}{}",
-        identity_link_worker::sim::ENDPOINT_PATH
+        mos_sim::ENDPOINT_PATH
     );
     let names = names(bench, &sim_url)?;
     let topology = Topology::from_config(&names.config);

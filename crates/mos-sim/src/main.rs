@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
-use identity_link_worker::sim::{Faults, MosSim, RateFault, SimConfig};
+use mos_sim::{Faults, MosSim, RateFault, SimConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Simulated MonetizationOS Link Identities endpoint with fault injection.

@@ -191,9 +191,10 @@ fn build(root: &Path) -> Result<(), String> {
         .args([
             "build",
             "--release",
-            "--bin",
+            "--locked",
+            "-p",
             "identity-link-worker",
-            "--bin",
+            "-p",
             "mos-sim",
         ])
         .status()
@@ -223,7 +224,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The workspace root: the bench crate is one folder below it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     if args.smoke {
         args.events = args.events.min(2000);
         args.runs = 1;
