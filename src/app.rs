@@ -13,15 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::connection::BrokerSession;
-use crate::broker::consumer::{Pipeline, SessionEnd, run_session};
+use crate::broker::consumer::{Consumer, SessionEnd};
+use crate::broker::settle::Pipeline;
 use crate::broker::topology::Topology;
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::link::{CallError, LinkClient, LinkedCache, Linker};
-use crate::ops::circuit::{Circuit, TripReason};
+use crate::link::{Circuit, LinkClient, LinkedCache, Linker, probe_loop};
+use crate::ops::http;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
-use crate::ops::{http, telemetry::ident};
 
 /// Reconnect backoff: from 200 ms, doubling, capped at 5 s, with jitter.
 /// The cap bounds how long the worker stays idle once the broker is back
@@ -56,36 +56,35 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new(&config.routing_keys));
+        let metrics = Arc::new(Metrics::new(&config.broker.routing_keys));
+        let readiness = Arc::new(Readiness::new(metrics.clone()));
         let circuit = Arc::new(Circuit::new(
-            config.circuit_failure_threshold,
+            config.retry.circuit_failure_threshold,
             metrics.clone(),
+            readiness.clone(),
         ));
-        let readiness = Arc::new(Readiness::new(circuit.clone(), metrics.clone()));
-        let client = LinkClient::new(&config, metrics.clone()).map_err(StartError::Client)?;
+        let client = LinkClient::new(&config.link, metrics.clone()).map_err(StartError::Client)?;
         let linker = Arc::new(Linker::new(
             client,
-            LinkedCache::new(config.linked_cache_size, config.linked_cache_ttl),
+            LinkedCache::new(config.link.linked_cache_size, config.link.linked_cache_ttl),
             circuit.clone(),
             metrics.clone(),
-            config.immediate_retries,
+            config.retry.immediate_retries,
         ));
         let pipeline = Arc::new(Pipeline {
-            handler: Handler::new(&config, linker.clone(), circuit.clone()),
-            topology: Topology::from_config(&config),
+            handler: Handler::new(
+                config.events.clone(),
+                config.retry.ladder.clone(),
+                linker.clone(),
+                circuit.clone(),
+            ),
+            topology: Topology::new(&config.broker, &config.retry.ladder),
             metrics: metrics.clone(),
-            circuit: circuit.clone(),
         });
-        let listener = http::bind(config.http_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
-        let ops_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
+        let addr = config.ops.http_addr;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listener = http::bind(addr).await.map_err(bind_error)?;
+        let ops_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             config,
             metrics,
@@ -124,29 +123,24 @@ impl Application {
         let probe_task = tokio::spawn(probe_loop(
             self.circuit.clone(),
             self.linker.clone(),
-            self.config.circuit_probe_interval,
+            self.config.retry.circuit_probe_interval,
             stop.clone(),
         ));
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let permits = Arc::new(Semaphore::new(self.config.link.concurrency.get()));
         let tasks = TaskTracker::new();
         let mut backoff = RECONNECT_MIN;
         // One grace period for the whole shutdown, however many drains it takes.
         let mut shutdown_deadline: Option<Instant> = None;
         tracing::info!(
-            broker = %self.config.amqp_url,
-            queue = %self.config.queue,
+            broker = %self.config.broker.amqp_url,
+            queue = %self.config.broker.queue,
             ops = %self.ops_addr,
             "identity-link-worker starting"
         );
         while !stop.is_cancelled() {
             let opened = tokio::select! {
                 _ = stop.cancelled() => break,
-                opened = BrokerSession::open(
-                    &self.config.amqp_url,
-                    &self.pipeline.topology,
-                    self.config.declare_topology,
-                    self.config.prefetch,
-                ) => opened,
+                opened = BrokerSession::open(&self.config.broker, &self.pipeline.topology) => opened,
             };
             let session = match opened {
                 Ok(session) => session,
@@ -162,21 +156,21 @@ impl Application {
                 }
             };
             self.readiness.set_connected(true);
-            tracing::info!(broker = %self.config.amqp_url, "connected to the broker");
+            tracing::info!(broker = %self.config.broker.amqp_url, "connected to the broker");
             let session_started = std::time::Instant::now();
-            match run_session(
-                &session,
-                &self.pipeline,
-                &self.readiness,
-                &permits,
-                &tasks,
-                &stop,
-            )
-            .await
-            {
+            let consumer = Consumer {
+                session: &session,
+                pipeline: &self.pipeline,
+                circuit: &self.circuit,
+                readiness: &self.readiness,
+                permits: &permits,
+                tasks: &tasks,
+                stop: &stop,
+            };
+            match consumer.run().await {
                 SessionEnd::Stopped => {
                     self.readiness.set_stopping();
-                    let deadline = Instant::now() + self.config.shutdown_grace;
+                    let deadline = Instant::now() + self.config.ops.shutdown_grace;
                     shutdown_deadline = Some(deadline);
                     drain(&tasks, deadline).await;
                     session.close().await;
@@ -204,7 +198,7 @@ impl Application {
         self.readiness.set_stopping();
         // Stopped while (re)connecting: tasks of a lost session may still run.
         let deadline =
-            shutdown_deadline.unwrap_or_else(|| Instant::now() + self.config.shutdown_grace);
+            shutdown_deadline.unwrap_or_else(|| Instant::now() + self.config.ops.shutdown_grace);
         drain(&tasks, deadline).await;
         probe_task.abort();
         http_stop.cancel();
@@ -239,54 +233,5 @@ async fn drain(tasks: &TaskTracker, deadline: Instant) {
             still_running = tasks.len(),
             "shutdown grace elapsed; unfinished messages are handed back to the broker"
         );
-    }
-}
-
-/// While the circuit is open, repeats the call that tripped it every
-/// `interval`; the first answer showing the target up and the key accepted
-/// closes it.
-async fn probe_loop(
-    circuit: Arc<Circuit>,
-    linker: Arc<Linker>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut state = circuit.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            opened = async { state.wait_for(|open| *open).await.map(|_| ()) } => if opened.is_err() { return },
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let Some(request) = circuit.probe_request() else {
-            continue;
-        };
-        let request_id = format!("circuit-probe-{}", uuid::Uuid::new_v4());
-        match linker.probe(&request, &request_id).await {
-            // The linker already recorded the pair as linked.
-            Ok(_) => circuit.close(),
-            // The endpoint answered a 4xx other than 401/403: up, and the key is accepted.
-            Err(CallError::Permanent { .. }) => circuit.close(),
-            Err(CallError::Unauthorized { message, .. }) => {
-                tracing::error!(
-                    error = %message,
-                    next_probe_in = ?interval,
-                    "the link endpoint still refuses the key; check LINKER_MOS_SECRET_KEY"
-                );
-                circuit.still_open(TripReason::KeyRefused, &message);
-            }
-            Err(CallError::Transient { message, .. }) => {
-                tracing::error!(
-                    error = %message,
-                    next_probe_in = ?interval,
-                    anonymous = %ident(request.anonymous.as_str()),
-                    "the link endpoint is still unavailable"
-                );
-                circuit.still_open(TripReason::TargetUnavailable, &message);
-            }
-        }
     }
 }

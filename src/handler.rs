@@ -1,15 +1,14 @@
-//! The per-message decision: `handle(message) -> Outcome`. No broker here, so
-//! tests call it directly; the consumer loop only acks, publishes and counts.
+//! The per-message decision: `handle(message) -> Outcome`. No broker here
+//! (its unit tests below run it against an in-process mos-sim); the consumer
+//! turns the outcome into a settlement, and `ops::record` logs and counts it.
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::EventConfig;
 use crate::domain::{
-    Blocklist, DeadLetterReason, EventMeta, JsonPointers, Outcome, ParsedEvent, Rejection,
-    SkipReason, parse_event,
+    EventMeta, LinkResult, Outcome, ParsedEvent, Rejection, RetryLadder, SkipReason, parse_event,
 };
-use crate::link::{CallError, Linker};
-use crate::ops::circuit::Circuit;
+use crate::link::{Circuit, Linker, policy};
 use crate::ops::telemetry::ident;
 
 /// What the handler needs to know about one delivery.
@@ -24,11 +23,8 @@ pub struct Inbound<'a> {
 }
 
 pub struct Handler {
-    anonymous_pointers: JsonPointers,
-    user_pointers: JsonPointers,
-    blocklist: Blocklist,
-    /// Number of delayed retry steps (the ladder's length).
-    retry_steps: u32,
+    events: EventConfig,
+    ladder: RetryLadder,
     linker: Arc<Linker>,
     circuit: Arc<Circuit>,
 }
@@ -41,12 +37,15 @@ pub struct Handled {
 }
 
 impl Handler {
-    pub fn new(config: &Config, linker: Arc<Linker>, circuit: Arc<Circuit>) -> Self {
+    pub fn new(
+        events: EventConfig,
+        ladder: RetryLadder,
+        linker: Arc<Linker>,
+        circuit: Arc<Circuit>,
+    ) -> Self {
         Self {
-            anonymous_pointers: config.anonymous_id_pointers.clone(),
-            user_pointers: config.user_id_pointers.clone(),
-            blocklist: config.blocklist.clone(),
-            retry_steps: u32::try_from(config.retry_delays.len()).unwrap_or(u32::MAX),
+            events,
+            ladder,
             linker,
             circuit,
         }
@@ -63,9 +62,9 @@ impl Handler {
         } = parse_event(
             message.body,
             &meta,
-            &self.anonymous_pointers,
-            &self.user_pointers,
-            &self.blocklist,
+            &self.events.anonymous_id_pointers,
+            &self.events.user_id_pointers,
+            &self.events.blocklist,
         );
         let outcome = match result {
             Err(Rejection::Skip(reason)) => {
@@ -81,7 +80,7 @@ impl Handler {
             Err(Rejection::DeadLetter { reason, error }) => Outcome::DeadLetter { reason, error },
             Ok(event) => {
                 if self.linker.known_linked(&event) {
-                    Outcome::Linked(crate::domain::LinkResult::AlreadyLinked)
+                    Outcome::Linked(LinkResult::AlreadyLinked)
                 } else if self.circuit.is_open() {
                     Outcome::HandBack {
                         error: "circuit open".to_owned(),
@@ -98,7 +97,12 @@ impl Handler {
                     );
                     match self.linker.link(&event, &request_id).await {
                         Ok(result) => Outcome::Linked(result),
-                        Err(error) => self.on_failure(error, message.attempts),
+                        Err(error) => policy::after_failure(
+                            error,
+                            self.circuit.is_open(),
+                            &self.ladder,
+                            message.attempts,
+                        ),
                     }
                 }
             }
@@ -107,29 +111,6 @@ impl Handler {
             outcome,
             event_id,
             occurred_at,
-        }
-    }
-
-    fn on_failure(&self, error: CallError, attempts: u32) -> Outcome {
-        match error {
-            CallError::Permanent { message, .. } => Outcome::DeadLetter {
-                reason: DeadLetterReason::Rejected,
-                error: message,
-            },
-            CallError::Unauthorized { message, .. } => Outcome::HandBack { error: message },
-            CallError::Transient { message, .. } => {
-                if self.circuit.is_open() {
-                    // An outage must not burn the message's retry ladder.
-                    Outcome::HandBack { error: message }
-                } else if attempts >= self.retry_steps {
-                    Outcome::DeadLetter {
-                        reason: DeadLetterReason::RetriesExhausted,
-                        error: message,
-                    }
-                } else {
-                    Outcome::Retry { error: message }
-                }
-            }
         }
     }
 }

@@ -7,7 +7,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::publisher::Publisher;
 use super::topology::Topology;
-use crate::config::AmqpUrl;
+use crate::config::{AmqpUrl, BrokerConfig};
 
 pub struct BrokerSession {
     pub connection: Connection,
@@ -41,14 +41,9 @@ pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, SessionErr
 }
 
 impl BrokerSession {
-    pub async fn open(
-        url: &AmqpUrl,
-        topology: &Topology,
-        declare: bool,
-        prefetch: u16,
-    ) -> Result<Self, SessionError> {
-        let connection = connect(url, "identity-link-worker").await?;
-        if declare {
+    pub async fn open(broker: &BrokerConfig, topology: &Topology) -> Result<Self, SessionError> {
+        let connection = connect(&broker.amqp_url, "identity-link-worker").await?;
+        if broker.declare_topology {
             let channel = connection
                 .create_channel()
                 .await
@@ -69,7 +64,7 @@ impl BrokerSession {
             .await
             .map_err(SessionError::Channel)?;
         consume
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(broker.prefetch.get(), BasicQosOptions::default())
             .await
             .map_err(SessionError::Channel)?;
         let publish = open_confirm_channel(&connection)

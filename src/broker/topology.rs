@@ -7,7 +7,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::{Config, delay_label};
+use crate::config::BrokerConfig;
+use crate::domain::{RetryLadder, delay_label};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryQueue {
@@ -41,28 +42,33 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+fn retry_queue_name(queue: &str, delay: Duration) -> String {
+    format!("{queue}.retry.{}", delay_label(delay))
+}
+
 impl Topology {
-    pub fn from_config(config: &Config) -> Self {
+    /// Every name derives from the broker section; one retry queue per step of the ladder.
+    pub fn new(broker: &BrokerConfig, ladder: &RetryLadder) -> Self {
         Self {
-            exchange: config.exchange.clone(),
-            routing_keys: config.routing_keys.clone(),
-            queue: config.queue.clone(),
-            dead_letter: format!("{}.dead", config.queue),
-            retry_queues: config
-                .retry_delays
+            exchange: broker.exchange.clone(),
+            routing_keys: broker.routing_keys.clone(),
+            queue: broker.queue.clone(),
+            dead_letter: format!("{}.dead", broker.queue),
+            retry_queues: ladder
+                .delays()
                 .iter()
                 .map(|delay| RetryQueue {
-                    name: format!("{}.retry.{}", config.queue, delay_label(*delay)),
+                    name: retry_queue_name(&broker.queue, *delay),
                     delay: *delay,
                 })
                 .collect(),
-            delivery_limit: config.delivery_limit,
+            delivery_limit: broker.delivery_limit.get(),
         }
     }
 
-    /// The retry queue for a message that has had `attempts` delayed attempts.
-    pub fn retry_queue(&self, attempts: u32) -> Option<&RetryQueue> {
-        self.retry_queues.get(usize::try_from(attempts).ok()?)
+    /// The queue of the ladder step with this delay.
+    pub fn retry_queue_name(&self, delay: Duration) -> String {
+        retry_queue_name(&self.queue, delay)
     }
 
     /// Work queue: quorum, poison messages dead-lettered at-least-once.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use crate::broker::connection::connect;
 use crate::broker::topology::Topology;
 use crate::config::{Config, delay_label};
-use crate::link::{CallError, LinkClient};
+use crate::link::{LinkClient, Verdict};
 use crate::ops::metrics::Metrics;
 
 pub async fn run(config: &Config) -> ExitCode {
-    let topology = Topology::from_config(config);
+    let topology = Topology::new(&config.broker, &config.retry.ladder);
     println!("configuration: ok");
-    println!("  broker          {}", config.amqp_url);
+    println!("  broker          {}", config.broker.amqp_url);
     println!(
         "  topology        exchange {:?} keys {:?} -> queue {:?}; dead letters {:?}; retry queues {:?} ({})",
         topology.exchange,
@@ -24,22 +24,24 @@ pub async fn run(config: &Config) -> ExitCode {
             .iter()
             .map(|q| q.name.as_str())
             .collect::<Vec<_>>(),
-        if config.declare_topology {
+        if config.broker.declare_topology {
             "declared at start"
         } else {
             "must exist"
         },
     );
-    println!("  endpoint        {}", config.endpoint_url);
+    println!("  endpoint        {}", config.link.endpoint_url);
     println!(
         "  secret key      set ({} characters)",
-        config.secret_key.expose().chars().count()
+        config.link.secret_key.expose().chars().count()
     );
     println!(
         "  retries         {} immediate, then delays {}",
-        config.immediate_retries,
+        config.retry.immediate_retries,
         config
-            .retry_delays
+            .retry
+            .ladder
+            .delays()
             .iter()
             .map(|d| delay_label(*d))
             .collect::<Vec<_>>()
@@ -47,17 +49,17 @@ pub async fn run(config: &Config) -> ExitCode {
     );
     println!(
         "  prefetch/concurrency {}/{}",
-        config.prefetch, config.concurrency
+        config.broker.prefetch, config.link.concurrency
     );
-    println!("  operations HTTP {}", config.http_addr);
+    println!("  operations HTTP {}", config.ops.http_addr);
     let mut ok = true;
 
-    match connect(&config.amqp_url, "identity-link-worker check-config").await {
+    match connect(&config.broker.amqp_url, "identity-link-worker check-config").await {
         Ok(connection) => {
             println!("broker: reachable");
             match topology.verify(&connection).await {
                 Ok(()) => println!("topology: present"),
-                Err(missing) if config.declare_topology => {
+                Err(missing) if config.broker.declare_topology => {
                     println!(
                         "topology: not all present yet (the worker declares it at start): {missing}"
                     )
@@ -94,13 +96,18 @@ pub async fn run(config: &Config) -> ExitCode {
 }
 
 async fn probe_endpoint(config: &Config) -> Result<String, String> {
-    let metrics = Arc::new(Metrics::new(&config.routing_keys));
+    let metrics = Arc::new(Metrics::new(&config.broker.routing_keys));
     let client =
-        LinkClient::new(config, metrics).map_err(|e| format!("CANNOT BUILD CLIENT: {e}"))?;
-    match client.check_reachable().await {
-        Ok(status) => Ok(status.to_string()),
-        Err(CallError::Unauthorized { status, .. }) => Err(format!("KEY REFUSED (HTTP {status})")),
-        Err(CallError::Transient { message, .. }) => Err(format!("UNAVAILABLE: {message}")),
-        Err(CallError::Permanent { message, .. }) => Err(format!("UNEXPECTED ANSWER: {message}")),
-    }
+        LinkClient::new(&config.link, metrics).map_err(|e| format!("CANNOT BUILD CLIENT: {e}"))?;
+    let error = match client.check_reachable().await {
+        Ok(status) => return Ok(status.to_string()),
+        Err(error) => error,
+    };
+    let status = error.status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    Err(match error.verdict {
+        Verdict::KeyRefused => format!("KEY REFUSED (HTTP {status})"),
+        Verdict::RetryAfter(_) => format!("UNAVAILABLE: {}", error.message),
+        // Another 4xx to an empty request: not the Link Identities workflow.
+        Verdict::Reject => format!("UNEXPECTED ANSWER: {}", error.message),
+    })
 }

@@ -131,10 +131,10 @@ async fn demo(users: usize) -> Result<(), String> {
     .map_err(|e| format!("demo configuration: {e}"))?;
 
     println!("identity-link-worker demo");
-    println!("  broker   {}", config.amqp_url);
+    println!("  broker   {}", config.broker.amqp_url);
     println!(
         "  queue    {} (private to this run, deleted at the end)",
-        config.queue
+        config.broker.queue
     );
     println!(
         "  mos-sim  {} (in process; check-then-create pause 5 ms)",
@@ -151,7 +151,7 @@ async fn demo(users: usize) -> Result<(), String> {
     let worker = tokio::spawn(app.run_until_stopped(stop.clone()));
     wait_ready(ops).await?;
 
-    let connection = connect(&config.amqp_url, "identity-link-worker demo")
+    let connection = connect(&config.broker.amqp_url, "identity-link-worker demo")
         .await
         .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(
@@ -164,7 +164,7 @@ async fn demo(users: usize) -> Result<(), String> {
     for sample in &samples {
         publisher
             .publish(
-                &config.exchange,
+                &config.broker.exchange,
                 sample.routing_key,
                 &sample.body,
                 event_properties(&sample.message_id),

@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use crate::broker::connection::connect;
 use crate::broker::dlq;
 use crate::broker::topology::Topology;
-use crate::config::Config;
+use crate::config::ToolConfig;
 
-async fn with_connection<F, Fut>(config: &Config, work: F) -> ExitCode
+async fn with_connection<F, Fut>(config: &ToolConfig, work: F) -> ExitCode
 where
     F: FnOnce(lapin::Connection, Topology) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let topology = Topology::from_config(config);
-    let connection = match connect(&config.amqp_url, "identity-link-worker dlq").await {
+    let topology = Topology::new(&config.broker, &config.retry.ladder);
+    let connection = match connect(&config.broker.amqp_url, "identity-link-worker dlq").await {
         Ok(connection) => connection,
         Err(error) => {
             eprintln!("dlq: {error}");
@@ -29,7 +29,7 @@ where
     }
 }
 
-pub async fn stats(config: &Config) -> ExitCode {
+pub async fn stats(config: &ToolConfig) -> ExitCode {
     with_connection(config, |connection, topology| async move {
         let stats = dlq::stats(&connection, &topology)
             .await
@@ -53,7 +53,7 @@ pub async fn stats(config: &Config) -> ExitCode {
     .await
 }
 
-pub async fn list(config: &Config, limit: usize) -> ExitCode {
+pub async fn list(config: &ToolConfig, limit: usize) -> ExitCode {
     with_connection(config, |connection, topology| async move {
         let views = dlq::list(&connection, &topology, limit)
             .await
@@ -71,7 +71,7 @@ pub async fn list(config: &Config, limit: usize) -> ExitCode {
     .await
 }
 
-pub async fn replay(config: &Config, limit: usize, reason: Option<String>) -> ExitCode {
+pub async fn replay(config: &ToolConfig, limit: usize, reason: Option<String>) -> ExitCode {
     with_connection(config, |connection, topology| async move {
         let report = dlq::replay(&connection, &topology, limit, reason.as_deref())
             .await

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Application, StartError};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ToolConfig};
 use crate::ops::{shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -102,9 +102,9 @@ pub async fn main(cli: Cli) -> ExitCode {
             Ok(config) => check_config::run(&config).await,
             Err(error) => config_error(&error),
         },
-        Command::Dlq { command } => match Config::from_env_for_broker_tools() {
+        Command::Dlq { command } => match ToolConfig::from_env() {
             Ok(config) => {
-                telemetry::init(config.log_format, config.log_identifiers);
+                telemetry::init(config.ops.log_format, config.ops.log_identifiers);
                 match command {
                     DlqCommand::Stats => dlq::stats(&config).await,
                     DlqCommand::List { limit } => dlq::list(&config, limit).await,
@@ -120,8 +120,8 @@ pub async fn main(cli: Cli) -> ExitCode {
             anonymous,
             user,
             message_id,
-        } => match Config::from_env_for_broker_tools() {
-            Ok(config) => publish::run(&config, &event, &anonymous, &user, message_id).await,
+        } => match ToolConfig::from_env() {
+            Ok(config) => publish::run(&config.broker, &event, &anonymous, &user, message_id).await,
             Err(error) => config_error(&error),
         },
         #[cfg(feature = "demo")]
@@ -135,7 +135,7 @@ async fn run() -> ExitCode {
         Ok(config) => config,
         Err(error) => return config_error(&error),
     };
-    telemetry::init(config.log_format, config.log_identifiers);
+    telemetry::init(config.ops.log_format, config.ops.log_identifiers);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error @ StartError::Bind { .. }) => {

@@ -7,7 +7,7 @@ use lapin::types::ShortString;
 
 use crate::broker::connection::{connect, open_confirm_channel};
 use crate::broker::publisher::Publisher;
-use crate::config::Config;
+use crate::config::BrokerConfig;
 
 /// The JSON body the demo and `publish` send: what a typical auth service emits.
 pub fn event_body(event_id: &str, anonymous: &str, user: &str) -> Vec<u8> {
@@ -32,7 +32,7 @@ pub fn event_properties(message_id: &str) -> BasicProperties {
 }
 
 pub async fn run(
-    config: &Config,
+    config: &BrokerConfig,
     event: &str,
     anonymous: &str,
     user: &str,

@@ -7,9 +7,11 @@
 mod event;
 mod identifiers;
 mod outcome;
+mod retry;
 
 pub use event::{EventMeta, LinkEvent, ParsedEvent, Rejection, parse_event};
 pub use identifiers::{
     AnonymousId, Blocklist, IdentifierError, JsonPointers, MAX_IDENTIFIER_BYTES, UserId,
 };
-pub use outcome::{DeadLetterReason, LinkResult, Outcome, SkipReason};
+pub use outcome::{DeadLetterReason, LinkResult, Outcome, OutcomeLabel, SkipReason};
+pub use retry::{RetryLadder, RetryStep, delay_label};

@@ -1,4 +1,6 @@
-//! The one outcome every message ends in (contract section 2).
+//! The one outcome every message ends in (docs/interface.md, "Outcomes").
+
+use super::retry::RetryStep;
 
 /// Why a message was skipped (acked without a call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,38 +66,81 @@ pub enum LinkResult {
     AlreadyLinked,
 }
 
-/// The decision for one message; the consumer loop turns it into acks and
-/// confirmed publishes, the handler never touches the broker.
+/// The decision for one message; the consumer turns it into a settlement
+/// (an ack, or a confirmed copy and then an ack), the handler never touches
+/// the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Linked(LinkResult),
     Skipped(SkipReason),
-    /// Transient failure after the immediate retries: next step of the delay ladder.
-    Retry {
-        error: String,
-    },
+    /// Transient failure after the immediate retries: the next step of the delay ladder.
+    Retry { error: String, step: RetryStep },
     DeadLetter {
         reason: DeadLetterReason,
         error: String,
     },
     /// The circuit is open (key refused, or the target is down): the message
     /// goes back to the work queue untouched, costing no retry step.
-    HandBack {
-        error: String,
-    },
+    HandBack { error: String },
+}
+
+/// The values of `identity_linker_messages_total{outcome}`: the one list,
+/// typed, that logs, metrics and tests share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeLabel {
+    Linked,
+    AlreadyLinked,
+    Skipped,
+    Retried,
+    DeadLettered,
+}
+
+impl OutcomeLabel {
+    pub const ALL: [OutcomeLabel; 5] = [
+        OutcomeLabel::Linked,
+        OutcomeLabel::AlreadyLinked,
+        OutcomeLabel::Skipped,
+        OutcomeLabel::Retried,
+        OutcomeLabel::DeadLettered,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeLabel::Linked => "linked",
+            OutcomeLabel::AlreadyLinked => "already_linked",
+            OutcomeLabel::Skipped => "skipped",
+            OutcomeLabel::Retried => "retried",
+            OutcomeLabel::DeadLettered => "dead_lettered",
+        }
+    }
+    /// Position in [`OutcomeLabel::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Outcome {
-    /// Label for `identity_linker_messages_total{outcome}`; `None` for a
-    /// hand-back, which is not an outcome (the message will come again).
-    pub fn metric_label(&self) -> Option<&'static str> {
+    /// Its label in `identity_linker_messages_total`; `None` for a hand-back,
+    /// which is not an outcome (the message will come again).
+    pub fn label(&self) -> Option<OutcomeLabel> {
         match self {
-            Outcome::Linked(LinkResult::Linked) => Some("linked"),
-            Outcome::Linked(LinkResult::AlreadyLinked) => Some("already_linked"),
-            Outcome::Skipped(_) => Some("skipped"),
-            Outcome::Retry { .. } => Some("retried"),
-            Outcome::DeadLetter { .. } => Some("dead_lettered"),
+            Outcome::Linked(LinkResult::Linked) => Some(OutcomeLabel::Linked),
+            Outcome::Linked(LinkResult::AlreadyLinked) => Some(OutcomeLabel::AlreadyLinked),
+            Outcome::Skipped(_) => Some(OutcomeLabel::Skipped),
+            Outcome::Retry { .. } => Some(OutcomeLabel::Retried),
+            Outcome::DeadLetter { .. } => Some(OutcomeLabel::DeadLettered),
             Outcome::HandBack { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_indexed_in_list_order() {
+        for (position, label) in OutcomeLabel::ALL.into_iter().enumerate() {
+            assert_eq!(label.index(), position, "{}", label.as_str());
         }
     }
 }

@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SecretKey};
+use super::policy::Verdict;
+use crate::config::{LinkConfig, SecretKey};
 use crate::domain::{LinkEvent, LinkResult};
 use crate::ops::metrics::Metrics;
 
@@ -17,31 +18,30 @@ const MAX_BODY_IN_ERROR: usize = 300;
 /// Contract section 4: a Retry-After is honoured up to 60 s.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// Why a call did not succeed, already classified.
+/// Why a call did not succeed, already classified into its [`Verdict`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// Connect error, timeout, 408, 429, 5xx (and unexpected 1xx/3xx): try again later.
-    #[error("{message}")]
-    Transient {
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-        message: String,
-    },
-    /// Any other 4xx: this request will never succeed.
-    #[error("{message}")]
-    Permanent { status: u16, message: String },
-    /// 401/403: the key is refused; no message is at fault.
-    #[error("{message}")]
-    Unauthorized { status: u16, message: String },
+#[error("{message}")]
+pub struct CallError {
+    pub verdict: Verdict,
+    /// The HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// For logs and `x-linker-error`; never holds the key.
+    pub message: String,
 }
 
 impl CallError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, CallError::Transient { .. })
+    /// No answer came (connect error, timeout, cut connection).
+    fn no_answer(message: String) -> Self {
+        Self {
+            verdict: Verdict::RetryAfter(None),
+            status: None,
+            message,
+        }
     }
+
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            CallError::Transient { retry_after, .. } => *retry_after,
+        match self.verdict {
+            Verdict::RetryAfter(after) => after,
             _ => None,
         }
     }
@@ -72,11 +72,11 @@ pub struct LinkClient {
 }
 
 impl LinkClient {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(config: &LinkConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .connect_timeout(config.http_timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(config.concurrency.max(1))
+            .pool_max_idle_per_host(config.concurrency.get())
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             // A redirected POST would silently change what we call.
@@ -118,11 +118,9 @@ impl LinkClient {
             Ok(response) => response,
             Err(error) => {
                 self.metrics.count_api_request(None, started.elapsed());
-                return Err(CallError::Transient {
-                    status: None,
-                    retry_after: None,
-                    message: self.scrub(&describe_transport_error(&error)),
-                });
+                return Err(CallError::no_answer(
+                    self.scrub(&describe_transport_error(&error)),
+                ));
             }
         };
         let status = response.status();
@@ -147,9 +145,9 @@ impl LinkClient {
                 return Ok(LinkResult::Linked);
             }
             Err(error) => {
-                return Err(CallError::Transient {
+                return Err(CallError {
+                    verdict: Verdict::RetryAfter(retry_after),
                     status: Some(status.as_u16()),
-                    retry_after,
                     message: self.scrub(&format!("HTTP {status}, body unreadable: {error}")),
                 });
             }
@@ -172,11 +170,8 @@ impl LinkClient {
             .json(&serde_json::json!({}))
             .send()
             .await;
-        let response = sent.map_err(|error| CallError::Transient {
-            status: None,
-            retry_after: None,
-            message: self.scrub(&describe_transport_error(&error)),
-        })?;
+        let response = sent
+            .map_err(|error| CallError::no_answer(self.scrub(&describe_transport_error(&error))))?;
         let status = response.status();
         if status == StatusCode::BAD_REQUEST || status.is_success() {
             return Ok(status.as_u16());
@@ -194,24 +189,9 @@ impl LinkClient {
     }
 
     fn scrub_error(&self, error: CallError) -> CallError {
-        match error {
-            CallError::Transient {
-                status,
-                retry_after,
-                message,
-            } => CallError::Transient {
-                status,
-                retry_after,
-                message: self.scrub(&message),
-            },
-            CallError::Permanent { status, message } => CallError::Permanent {
-                status,
-                message: self.scrub(&message),
-            },
-            CallError::Unauthorized { status, message } => CallError::Unauthorized {
-                status,
-                message: self.scrub(&message),
-            },
+        CallError {
+            message: self.scrub(&error.message),
+            ..error
         }
     }
 }
@@ -274,28 +254,18 @@ fn classify(
             _ => LinkResult::Linked,
         });
     }
-    let message = format!("HTTP {code} from the link endpoint: {}", body_excerpt(body));
-    match code {
-        401 | 403 => Err(CallError::Unauthorized {
-            status: code,
-            message,
-        }),
-        408 | 429 | 500..=599 => Err(CallError::Transient {
-            status: Some(code),
-            retry_after,
-            message,
-        }),
-        400..=499 => Err(CallError::Permanent {
-            status: code,
-            message,
-        }),
+    let verdict = match code {
+        401 | 403 => Verdict::KeyRefused,
+        408 | 429 | 500..=599 => Verdict::RetryAfter(retry_after),
+        400..=499 => Verdict::Reject,
         // 1xx/3xx: a proxy or a wrong URL; not the message's fault, so retry.
-        _ => Err(CallError::Transient {
-            status: Some(code),
-            retry_after,
-            message,
-        }),
-    }
+        _ => Verdict::RetryAfter(retry_after),
+    };
+    Err(CallError {
+        verdict,
+        status: Some(code),
+        message: format!("HTTP {code} from the link endpoint: {}", body_excerpt(body)),
+    })
 }
 
 fn body_excerpt(body: &[u8]) -> String {
@@ -349,16 +319,13 @@ mod tests {
             classify(StatusCode::from_u16(code).unwrap(), None, true, b"{}").unwrap_err()
         };
         for code in [408, 429, 500, 502, 503, 504, 302] {
-            assert!(err(code).is_transient(), "{code}");
+            assert_eq!(err(code).verdict, Verdict::RetryAfter(None), "{code}");
         }
         for code in [400, 404, 409, 422] {
-            assert!(matches!(err(code), CallError::Permanent { .. }), "{code}");
+            assert_eq!(err(code).verdict, Verdict::Reject, "{code}");
         }
         for code in [401, 403] {
-            assert!(
-                matches!(err(code), CallError::Unauthorized { .. }),
-                "{code}"
-            );
+            assert_eq!(err(code).verdict, Verdict::KeyRefused, "{code}");
         }
     }
 

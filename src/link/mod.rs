@@ -1,11 +1,18 @@
-//! Output side: the MonetizationOS link call and the worker's half of
+//! Output side: the MonetizationOS link call, the worker's half of
 //! check-then-create (one call in flight per anonymous identifier, and a
-//! cache of pairs already linked).
+//! cache of pairs already linked), and the policy about failures: what an
+//! answer means, retries, and the circuit breaker with its probe.
 
 mod cache;
+mod circuit;
 mod client;
+pub mod policy;
+mod probe;
 mod single_flight;
 
 pub use cache::LinkedCache;
+pub use circuit::{Circuit, TripReason};
 pub use client::{CallError, LinkClient, parse_retry_after};
+pub use policy::{TargetHealth, Verdict};
+pub use probe::probe_loop;
 pub use single_flight::Linker;

@@ -14,12 +14,14 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::watch;
 
 use super::cache::LinkedCache;
+use super::circuit::Circuit;
 use super::client::{CallError, LinkClient};
+use super::policy;
 use crate::domain::{AnonymousId, LinkEvent, LinkResult, UserId};
-use crate::ops::circuit::Circuit;
 use crate::ops::metrics::Metrics;
 
-/// Contract section 4: exponential backoff from 100 ms, capped at 5 s, full jitter.
+/// The backoff between in-process tries (whether to try is `policy`'s):
+/// exponential from 100 ms, capped at 5 s, full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
@@ -207,24 +209,13 @@ impl Linker {
             .with_max_times(retries);
         let attempt = || async {
             let result = self.client.link(event, request_id).await;
-            match &result {
-                Ok(_) => self.circuit.record_success(),
-                Err(error @ CallError::Transient { .. }) => {
-                    self.circuit.record_transient(event, &error.to_string())
-                }
-                Err(error @ CallError::Unauthorized { .. }) => {
-                    self.circuit.record_refused_key(event, &error.to_string())
-                }
-                // The target answered: it is up and the key is accepted.
-                Err(CallError::Permanent { .. }) => self.circuit.record_success(),
-            }
+            self.circuit.observe(event, &result);
             result
         };
         attempt
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            // Once the circuit is open, stop spending retries: the message is handed back.
-            .when(|e: &CallError| e.is_transient() && !self.circuit.is_open())
+            .when(|e: &CallError| policy::retry_in_process(e, self.circuit.is_open()))
             .adjust(|e: &CallError, delay: Option<Duration>| {
                 delay.map(|d| e.retry_after().unwrap_or_else(|| full_jitter(d)))
             })

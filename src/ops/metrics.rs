@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::domain::{DeadLetterReason, SkipReason};
+use crate::domain::{DeadLetterReason, OutcomeLabel, SkipReason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MessageLabels {
@@ -38,15 +38,6 @@ struct VersionLabels {
     version: &'static str,
 }
 
-/// Outcomes counted in `identity_linker_messages_total`.
-pub const OUTCOMES: [&str; 5] = [
-    "linked",
-    "already_linked",
-    "skipped",
-    "retried",
-    "dead_lettered",
-];
-
 /// Event types outside the configured routing keys are counted as `other`,
 /// so a misbehaving producer cannot blow up the label set.
 pub const OTHER_EVENT_TYPE: &str = "other";
@@ -55,7 +46,7 @@ pub struct Metrics {
     registry: Registry,
     event_types: Vec<String>,
     /// `[event_type index][outcome index]`, the last row is `other`.
-    messages: Vec<[Counter; 5]>,
+    messages: Vec<[Counter; OutcomeLabel::ALL.len()]>,
     dead_lettered: Family<ReasonLabels, Counter>,
     skipped: Family<ReasonLabels, Counter>,
     pub retries_immediate: Counter,
@@ -88,10 +79,10 @@ impl Metrics {
         let messages = event_types
             .iter()
             .map(|event_type| {
-                OUTCOMES.map(|outcome| {
+                OutcomeLabel::ALL.map(|outcome| {
                     messages_family.get_or_create_owned(&MessageLabels {
                         event_type: event_type.clone(),
-                        outcome,
+                        outcome: outcome.as_str(),
                     })
                 })
             })
@@ -223,15 +214,13 @@ impl Metrics {
             .map_or(OTHER_EVENT_TYPE, String::as_str)
     }
 
-    pub fn count_message(&self, routing_key: &str, outcome: &str) {
+    pub fn count_message(&self, routing_key: &str, outcome: OutcomeLabel) {
         let row = self
             .event_types
             .iter()
             .position(|t| t == routing_key)
             .unwrap_or(self.event_types.len() - 1);
-        if let Some(column) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.messages[row][column].inc();
-        }
+        self.messages[row][outcome.index()].inc();
     }
 
     pub fn count_dead_letter(&self, reason: DeadLetterReason) {
@@ -270,22 +259,27 @@ impl Metrics {
         self.api_request_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Settled messages by outcome, over all event types (demo, tests).
-    pub fn outcome_totals(&self) -> Vec<(&'static str, u64)> {
-        OUTCOMES
+    /// Messages settled with this outcome, over all event types.
+    pub fn outcome_total(&self, outcome: OutcomeLabel) -> u64 {
+        self.messages
             .iter()
-            .enumerate()
-            .map(|(column, outcome)| {
-                (
-                    *outcome,
-                    self.messages.iter().map(|row| row[column].get()).sum(),
-                )
-            })
+            .map(|row| row[outcome.index()].get())
+            .sum()
+    }
+
+    /// Settled messages by outcome label, over all event types (demo, tests).
+    pub fn outcome_totals(&self) -> Vec<(&'static str, u64)> {
+        OutcomeLabel::ALL
+            .into_iter()
+            .map(|outcome| (outcome.as_str(), self.outcome_total(outcome)))
             .collect()
     }
 
     pub fn settled_total(&self) -> u64 {
-        self.outcome_totals().iter().map(|(_, n)| n).sum()
+        OutcomeLabel::ALL
+            .into_iter()
+            .map(|outcome| self.outcome_total(outcome))
+            .sum()
     }
 
     pub fn skip_totals(&self) -> Vec<(&'static str, u64)> {
@@ -332,7 +326,7 @@ mod tests {
     #[test]
     fn every_contract_name_is_exported() {
         let metrics = Metrics::new(&["user.signed_up".into(), "user.logged_in".into()]);
-        metrics.count_message("user.logged_in", "linked");
+        metrics.count_message("user.logged_in", OutcomeLabel::Linked);
         metrics.count_api_request(Some(200), Duration::from_millis(3));
         let text = metrics.encode();
         for name in [
@@ -360,7 +354,7 @@ mod tests {
     #[test]
     fn unknown_event_types_are_other() {
         let metrics = Metrics::new(&["user.logged_in".into()]);
-        metrics.count_message("something.else", "skipped");
+        metrics.count_message("something.else", OutcomeLabel::Skipped);
         assert!(
             metrics
                 .encode()

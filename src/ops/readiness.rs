@@ -1,18 +1,21 @@
-//! What `/readyz` answers: connected, consuming, circuit closed, not stopping.
+//! What `/readyz` answers: connected, consuming, not paused by the circuit
+//! breaker, not stopping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::ops::circuit::Circuit;
+use std::sync::Mutex;
+
 use crate::ops::metrics::Metrics;
 
 pub struct Readiness {
     connected: AtomicBool,
     consuming: AtomicBool,
     stopping: AtomicBool,
-    circuit: Arc<Circuit>,
+    /// Set by the circuit breaker while open: the `/readyz` reason and the last error.
+    paused: Mutex<Option<(&'static str, String)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -25,12 +28,12 @@ pub struct NotReady {
 }
 
 impl Readiness {
-    pub fn new(circuit: Arc<Circuit>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             connected: AtomicBool::new(false),
             consuming: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            circuit,
+            paused: Mutex::new(None),
             metrics,
         }
     }
@@ -45,6 +48,10 @@ impl Readiness {
 
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Release);
+    }
+
+    pub fn set_paused(&self, paused: Option<(&'static str, String)>) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
     }
 
     pub fn set_stopping(&self) {
@@ -65,16 +72,13 @@ impl Readiness {
         if !self.connected.load(Ordering::Acquire) {
             return not_ready("broker_disconnected", None);
         }
-        if let Some((reason, error)) = self.circuit.reason() {
-            return not_ready(
-                match reason {
-                    crate::ops::circuit::TripReason::KeyRefused => "circuit_open_key_refused",
-                    crate::ops::circuit::TripReason::TargetUnavailable => {
-                        "circuit_open_target_unavailable"
-                    }
-                },
-                Some(error),
-            );
+        let paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((reason, error)) = paused {
+            return not_ready(reason, Some(error));
         }
         if !self.consuming.load(Ordering::Acquire) {
             return not_ready("not_consuming", None);

@@ -1,0 +1,314 @@
+//! Settling one delivery: the handler's outcome becomes one [`Settlement`]
+//! (an ack, or a confirmed copy to a target and then an ack), computed in
+//! [`Settlement::of`] and carried out by [`settle`], the one publish path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::AckBatcher;
+use super::headers;
+use super::publisher::Publisher;
+use super::topology::Topology;
+use crate::domain::Outcome;
+use crate::handler::{Handler, Inbound};
+use crate::ops::metrics::Metrics;
+use crate::ops::record::{self, Settled};
+
+/// What every delivery task of the process shares.
+pub struct Pipeline {
+    pub handler: Handler,
+    pub topology: Topology,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What every delivery task of one broker session shares.
+pub struct SessionContext {
+    pub pipeline: Arc<Pipeline>,
+    pub publisher: Publisher,
+    /// Cancelled when a confirmed copy fails: the session is then replaced.
+    pub broken: CancellationToken,
+    pub acks: AckBatcher,
+}
+
+/// Where the message first came from: its exchange and routing key (the
+/// event type), kept in headers across retries and hand-backs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    Ack,
+    /// Publish a copy (body and properties kept, these headers set), wait
+    /// for the broker's confirm, then ack.
+    CopyThenAck {
+        exchange: String,
+        routing_key: String,
+        headers: Vec<(&'static str, AMQPValue)>,
+    },
+}
+
+impl Settlement {
+    /// The settlement of `outcome` for a delivery from `route` that had had
+    /// `attempts` delayed attempts.
+    pub fn of(outcome: &Outcome, route: &Route, attempts: u32, topology: &Topology) -> Self {
+        let origin = || {
+            [
+                (headers::ORIGINAL_EXCHANGE, headers::text(&route.exchange)),
+                (
+                    headers::ORIGINAL_ROUTING_KEY,
+                    headers::text(&route.routing_key),
+                ),
+            ]
+        };
+        let error_header = |error: &str| {
+            (
+                headers::ERROR,
+                headers::text(headers::truncate(error, headers::MAX_ERROR_BYTES)),
+            )
+        };
+        match outcome {
+            Outcome::Linked(_) | Outcome::Skipped(_) => Settlement::Ack,
+            Outcome::Retry { error, step } => Settlement::CopyThenAck {
+                exchange: String::new(),
+                routing_key: topology.retry_queue_name(step.delay),
+                headers: [(headers::ATTEMPTS, headers::int(step.attempt))]
+                    .into_iter()
+                    .chain(origin())
+                    .chain([error_header(error)])
+                    .collect(),
+            },
+            Outcome::DeadLetter { reason, error } => Settlement::CopyThenAck {
+                exchange: topology.dead_letter.clone(),
+                routing_key: route.routing_key.clone(),
+                headers: [
+                    (headers::REASON, headers::text(reason.as_str())),
+                    error_header(error),
+                    (headers::ATTEMPTS, headers::int(attempts)),
+                ]
+                .into_iter()
+                .chain(origin())
+                .chain([(headers::FAILED_AT, headers::text(&now_rfc3339()))])
+                .collect(),
+            },
+            Outcome::HandBack { .. } => Settlement::CopyThenAck {
+                exchange: String::new(),
+                routing_key: topology.queue.clone(),
+                headers: origin().into_iter().collect(),
+            },
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Handles one delivery and settles it. Every path ends in an ack, or in the
+/// delivery left unacked on a session that is then closed (the broker
+/// requeues it): when a confirmed copy cannot be made, the broker side is not
+/// healthy, and a nack would only redeliver it at once, again and again.
+///
+/// `permit` (a slot of `LINKER_CONCURRENCY`) is given back once the outcome
+/// is durable, before the ack is written: the ack needs no slot.
+pub async fn settle(
+    ctx: &SessionContext,
+    delivery: Delivery,
+    received: Instant,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let pipeline = &ctx.pipeline;
+    pipeline.metrics.in_flight.inc();
+    let props = &delivery.properties;
+    let (exchange, routing_key) = headers::original_route(
+        props,
+        delivery.exchange.as_str(),
+        delivery.routing_key.as_str(),
+    );
+    let route = Route {
+        exchange,
+        routing_key,
+    };
+    let attempts = headers::get_u32(props, headers::ATTEMPTS);
+    let handled = pipeline
+        .handler
+        .handle(Inbound {
+            body: &delivery.data,
+            event_type: &route.routing_key,
+            message_id: props.message_id().as_ref().map(|s| s.as_str()),
+            attempts,
+        })
+        .await;
+    let event_id = handled.event_id.as_deref();
+    let settlement = Settlement::of(&handled.outcome, &route, attempts, &pipeline.topology);
+    if let Settlement::CopyThenAck {
+        exchange,
+        routing_key,
+        headers,
+    } = &settlement
+    {
+        let properties = headers::with_headers(props, headers, &[]);
+        if let Err(error) = ctx
+            .publisher
+            .publish(exchange, routing_key, &delivery.data, properties)
+            .await
+        {
+            tracing::warn!(
+                event_id,
+                %error,
+                "could not make the message's copy durable; reconnecting, the broker will redeliver it"
+            );
+            ctx.broken.cancel();
+            pipeline.metrics.in_flight.dec();
+            return;
+        }
+    }
+    drop(permit);
+    if let Err(error) = ctx.acks.ack(delivery.delivery_tag).await {
+        // The channel died: the broker will redeliver; handling is idempotent.
+        tracing::debug!(event_id, %error, "ack failed; the broker will redeliver");
+    }
+    record::record(
+        &pipeline.metrics,
+        &Settled {
+            outcome: &handled.outcome,
+            event_type: &route.routing_key,
+            event_id,
+            occurred_at: handled.occurred_at,
+            received,
+        },
+    );
+    pipeline.metrics.in_flight.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::domain::{DeadLetterReason, LinkResult, RetryLadder, RetryStep, SkipReason};
+
+    fn topology() -> Topology {
+        let broker = BrokerConfig {
+            amqp_url: crate::config::AmqpUrl::new("amqp://localhost"),
+            exchange: "auth.events".into(),
+            routing_keys: vec!["user.logged_in".into()],
+            queue: "q".into(),
+            declare_topology: true,
+            delivery_limit: NonZeroU32::new(20).unwrap(),
+            prefetch: std::num::NonZeroU16::new(1).unwrap(),
+        };
+        Topology::new(&broker, &RetryLadder::new(vec![Duration::from_secs(10)]))
+    }
+
+    fn route() -> Route {
+        Route {
+            exchange: "auth.events".into(),
+            routing_key: "user.logged_in".into(),
+        }
+    }
+
+    fn names(settlement: &Settlement) -> (String, String, Vec<&'static str>) {
+        match settlement {
+            Settlement::Ack => panic!("expected a copy"),
+            Settlement::CopyThenAck {
+                exchange,
+                routing_key,
+                headers,
+            } => (
+                exchange.clone(),
+                routing_key.clone(),
+                headers.iter().map(|(name, _)| *name).collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn final_outcomes_are_plain_acks() {
+        for outcome in [
+            Outcome::Linked(LinkResult::Linked),
+            Outcome::Linked(LinkResult::AlreadyLinked),
+            Outcome::Skipped(SkipReason::SameIdentifier),
+        ] {
+            assert_eq!(Settlement::of(&outcome, &route(), 0, &topology()), Settlement::Ack);
+        }
+    }
+
+    #[test]
+    fn a_retry_goes_to_its_step_queue_with_the_next_attempt() {
+        let outcome = Outcome::Retry {
+            error: "HTTP 503".into(),
+            step: RetryStep {
+                attempt: 1,
+                delay: Duration::from_secs(10),
+            },
+        };
+        let settlement = Settlement::of(&outcome, &route(), 0, &topology());
+        let (exchange, routing_key, headers) = names(&settlement);
+        assert_eq!((exchange.as_str(), routing_key.as_str()), ("", "q.retry.10s"));
+        assert_eq!(
+            headers,
+            [
+                headers::ATTEMPTS,
+                headers::ORIGINAL_EXCHANGE,
+                headers::ORIGINAL_ROUTING_KEY,
+                headers::ERROR
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_carries_every_header_and_keeps_the_event_type() {
+        let outcome = Outcome::DeadLetter {
+            reason: DeadLetterReason::Malformed,
+            error: "x".repeat(5000),
+        };
+        let settlement = Settlement::of(&outcome, &route(), 2, &topology());
+        let (exchange, routing_key, names) = names(&settlement);
+        assert_eq!((exchange.as_str(), routing_key.as_str()), ("q.dead", "user.logged_in"));
+        assert_eq!(
+            names,
+            [
+                headers::REASON,
+                headers::ERROR,
+                headers::ATTEMPTS,
+                headers::ORIGINAL_EXCHANGE,
+                headers::ORIGINAL_ROUTING_KEY,
+                headers::FAILED_AT
+            ]
+        );
+        let Settlement::CopyThenAck { headers: set, .. } = settlement else {
+            unreachable!()
+        };
+        let AMQPValue::LongString(error) = &set[1].1 else {
+            panic!("error header is text")
+        };
+        assert_eq!(error.as_bytes().len(), headers::MAX_ERROR_BYTES);
+    }
+
+    #[test]
+    fn a_hand_back_returns_to_the_work_queue_untouched() {
+        let outcome = Outcome::HandBack {
+            error: "circuit open".into(),
+        };
+        let (exchange, routing_key, names) =
+            names(&Settlement::of(&outcome, &route(), 3, &topology()));
+        assert_eq!((exchange.as_str(), routing_key.as_str()), ("", "q"));
+        assert_eq!(
+            names,
+            [headers::ORIGINAL_EXCHANGE, headers::ORIGINAL_ROUTING_KEY]
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Parsers for one variable each: every error names its variable.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::secret::{AmqpUrl, SecretKey, redact_userinfo};
+use super::{ConfigError, DEFAULT_AMQP_URL};
+use crate::domain::{JsonPointers, RetryLadder};
+
+pub(super) fn amqp_url(value: Option<String>) -> Result<AmqpUrl, ConfigError> {
+    let url = value.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+    let url = url.trim().to_owned();
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(ConfigError::new(
+            "LINKER_AMQP_URL",
+            format!(
+                "must start with amqp:// or amqps:// (got `{}`)",
+                redact_userinfo(&url)
+            ),
+        ));
+    }
+    if url.parse::<lapin::uri::AMQPUri>().is_err() {
+        return Err(ConfigError::new(
+            "LINKER_AMQP_URL",
+            format!("not a valid AMQP URI: `{}`", redact_userinfo(&url)),
+        ));
+    }
+    Ok(AmqpUrl::new(url))
+}
+
+pub(super) fn endpoint_url(value: Option<String>) -> Result<reqwest::Url, ConfigError> {
+    const VAR: &str = "LINKER_MOS_ENDPOINT_URL";
+    let text = value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ConfigError::new(VAR, "is required (the Link Identities endpoint URL)"))?;
+    let url = reqwest::Url::parse(&text)
+        .map_err(|e| ConfigError::new(VAR, format!("not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(VAR, "must be an http:// or https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(
+            VAR,
+            "must not carry credentials; the key goes in LINKER_MOS_SECRET_KEY",
+        ));
+    }
+    Ok(url)
+}
+
+pub(super) fn secret_key(inline: Option<String>, file: Option<String>) -> Result<SecretKey, ConfigError> {
+    let key = match (
+        inline.filter(|v| !v.is_empty()),
+        file.filter(|v| !v.is_empty()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "LINKER_MOS_SECRET_KEY",
+                "set either LINKER_MOS_SECRET_KEY or LINKER_MOS_SECRET_KEY_FILE, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "LINKER_MOS_SECRET_KEY",
+                "is required (or LINKER_MOS_SECRET_KEY_FILE with the path of a file holding it)",
+            ));
+        }
+        (Some(key), None) => key,
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    "LINKER_MOS_SECRET_KEY_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
+    };
+    // Mounted secrets usually end with a newline.
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return Err(ConfigError::new("LINKER_MOS_SECRET_KEY", "is empty"));
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::new(
+            "LINKER_MOS_SECRET_KEY",
+            "contains control characters",
+        ));
+    }
+    Ok(SecretKey::new(key))
+}
+
+pub(super) fn name(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ConfigError::new(variable, "must not be empty"));
+    }
+    // Derived names (`<queue>.retry.1h`) must stay within AMQP's 255-byte short strings.
+    if value.len() > 200 {
+        return Err(ConfigError::new(variable, "must be at most 200 bytes"));
+    }
+    Ok(value.to_owned())
+}
+
+pub(super) fn list(
+    variable: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<String> = value
+        .unwrap_or(default)
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        return Err(ConfigError::new(variable, "must list at least one value"));
+    }
+    Ok(items)
+}
+
+pub(super) fn pointers(
+    variable: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<JsonPointers, ConfigError> {
+    let items = list(variable, value, default)?;
+    JsonPointers::parse(&items).map_err(|e| ConfigError::new(variable, e))
+}
+
+pub(super) fn number<T: std::str::FromStr>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::new(variable, format!("`{v}` is not a valid number: {e}"))),
+    }
+}
+
+pub(super) fn parsed<T: std::str::FromStr>(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    let text = value.unwrap_or_else(|| default.to_owned());
+    text.trim()
+        .parse()
+        .map_err(|e| ConfigError::new(variable, format!("`{text}` is not valid: {e}")))
+}
+
+pub(super) fn boolean(
+    variable: &'static str,
+    value: Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(
+                variable,
+                format!("`{v}` is not a boolean (true/false)"),
+            )),
+        },
+    }
+}
+
+pub(super) fn duration(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    parse_duration(&text).map_err(|e| ConfigError::new(variable, e))
+}
+
+/// `250ms`, `10s`, `5m`, `1h` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "`{}` is not a duration like 250ms, 10s, 5m, 1h: {e}",
+            text.trim()
+        )
+    })
+}
+
+pub(super) fn retry_ladder(value: Option<&str>) -> Result<RetryLadder, ConfigError> {
+    const VAR: &str = "LINKER_RETRY_DELAYS";
+    let items = list(VAR, value, "10s,1m,5m,15m,1h")?;
+    let mut delays = Vec::with_capacity(items.len());
+    for item in &items {
+        let delay = parse_duration(item).map_err(|e| ConfigError::new(VAR, e))?;
+        if delay < Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                VAR,
+                format!("`{item}` must be at least 1ms"),
+            ));
+        }
+        // x-message-ttl is a 32-bit number of milliseconds.
+        if delay.as_millis() > u128::from(u32::MAX) {
+            return Err(ConfigError::new(VAR, format!("`{item}` is too long")));
+        }
+        if delays.contains(&delay) {
+            return Err(ConfigError::new(
+                VAR,
+                format!("`{item}` appears twice; each step needs its own queue"),
+            ));
+        }
+        delays.push(delay);
+    }
+    Ok(RetryLadder::new(delays))
+}
+
+/// A number that must be at least 1, parsed straight into its `NonZero*` type.
+pub(super) fn non_zero<T>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+    problem: &str,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + Copy,
+    T::Err: fmt::Display,
+{
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    // Parse as the plain integer first, so `0` gets our message, not the std one.
+    let trimmed = text.trim();
+    if trimmed.parse::<u64>() == Ok(0) {
+        return Err(ConfigError::new(variable, problem));
+    }
+    trimmed
+        .parse()
+        .map_err(|e| ConfigError::new(variable, format!("`{text}` is not a valid number: {e}")))
+}
+
+/// A duration that must be above zero.
+pub(super) fn positive_duration(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let value = duration(variable, value, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(variable, "must be above zero"));
+    }
+    Ok(value)
+}

@@ -1,0 +1,139 @@
+//! Link policy in one place (as Vector's sinks keep theirs in one retry-logic
+//! type): what an answer of the endpoint means, whether a failed call is
+//! tried again in process, and what becomes of a message whose call failed.
+//! *How long* to wait between tries (the backoff) is the single flight's.
+
+use std::time::Duration;
+
+use super::client::CallError;
+use crate::domain::{DeadLetterReason, Outcome, RetryLadder};
+
+/// The one reading of a failed call, used by every caller: the handler, the
+/// in-process retries, the circuit and its probe, and `check-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect error, timeout, 408, 429, 5xx (and unexpected 1xx/3xx): try
+    /// again later, after the endpoint's `Retry-After` when it gave one.
+    RetryAfter(Option<Duration>),
+    /// Any other 4xx: this request will never succeed.
+    Reject,
+    /// 401/403: the key is refused; no message is at fault.
+    KeyRefused,
+}
+
+/// What one answer says about the target, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetHealth {
+    /// It answered and accepted the key: a 2xx, or a rejection of this one request.
+    Up,
+    /// No answer, or one saying "not now".
+    Unavailable,
+    KeyRefused,
+}
+
+impl TargetHealth {
+    pub fn of<T>(answer: &Result<T, CallError>) -> Self {
+        match answer {
+            Ok(_) => TargetHealth::Up,
+            Err(error) => match error.verdict {
+                Verdict::RetryAfter(_) => TargetHealth::Unavailable,
+                Verdict::Reject => TargetHealth::Up,
+                Verdict::KeyRefused => TargetHealth::KeyRefused,
+            },
+        }
+    }
+}
+
+/// Whether the single flight tries again in process. Once the circuit is
+/// open, no more tries are spent: the message is handed back.
+pub fn retry_in_process(error: &CallError, circuit_open: bool) -> bool {
+    matches!(error.verdict, Verdict::RetryAfter(_)) && !circuit_open
+}
+
+/// The outcome of a message whose call failed after its in-process retries,
+/// having had `attempts` delayed attempts so far.
+pub fn after_failure(
+    error: CallError,
+    circuit_open: bool,
+    ladder: &RetryLadder,
+    attempts: u32,
+) -> Outcome {
+    let CallError { verdict, message, .. } = error;
+    match verdict {
+        Verdict::Reject => Outcome::DeadLetter {
+            reason: DeadLetterReason::Rejected,
+            error: message,
+        },
+        Verdict::KeyRefused => Outcome::HandBack { error: message },
+        // An outage must not burn the message's retry ladder.
+        Verdict::RetryAfter(_) if circuit_open => Outcome::HandBack { error: message },
+        Verdict::RetryAfter(_) => match ladder.next(attempts) {
+            Some(step) => Outcome::Retry {
+                error: message,
+                step,
+            },
+            None => Outcome::DeadLetter {
+                reason: DeadLetterReason::RetriesExhausted,
+                error: message,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(verdict: Verdict) -> CallError {
+        CallError {
+            verdict,
+            status: None,
+            message: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn a_rejection_still_shows_the_target_up() {
+        let answer: Result<(), CallError> = Err(error(Verdict::Reject));
+        assert_eq!(TargetHealth::of(&answer), TargetHealth::Up);
+        let answer: Result<(), CallError> = Err(error(Verdict::RetryAfter(None)));
+        assert_eq!(TargetHealth::of(&answer), TargetHealth::Unavailable);
+        let answer: Result<(), CallError> = Err(error(Verdict::KeyRefused));
+        assert_eq!(TargetHealth::of(&answer), TargetHealth::KeyRefused);
+        assert_eq!(TargetHealth::of(&Ok::<(), CallError>(())), TargetHealth::Up);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried_and_not_while_open() {
+        assert!(retry_in_process(&error(Verdict::RetryAfter(None)), false));
+        assert!(!retry_in_process(&error(Verdict::RetryAfter(None)), true));
+        assert!(!retry_in_process(&error(Verdict::Reject), false));
+        assert!(!retry_in_process(&error(Verdict::KeyRefused), false));
+    }
+
+    #[test]
+    fn the_ladder_decides_between_retry_and_exhausted() {
+        let ladder = RetryLadder::new(vec![Duration::from_secs(1), Duration::from_secs(2)]);
+        let transient = || error(Verdict::RetryAfter(Some(Duration::from_secs(1))));
+        assert!(matches!(
+            after_failure(transient(), false, &ladder, 1),
+            Outcome::Retry { step, .. } if step.attempt == 2 && step.delay == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            after_failure(transient(), false, &ladder, 2),
+            Outcome::DeadLetter { reason: DeadLetterReason::RetriesExhausted, .. }
+        ));
+        assert!(matches!(
+            after_failure(transient(), true, &ladder, 0),
+            Outcome::HandBack { .. }
+        ));
+        assert!(matches!(
+            after_failure(error(Verdict::Reject), false, &ladder, 0),
+            Outcome::DeadLetter { reason: DeadLetterReason::Rejected, .. }
+        ));
+        assert!(matches!(
+            after_failure(error(Verdict::KeyRefused), false, &ladder, 0),
+            Outcome::HandBack { .. }
+        ));
+    }
+}
