@@ -69,6 +69,12 @@ fn answer(shared: &Shared, status: StatusCode, body: impl Into<Body>) -> Respons
     json(status, body)
 }
 
+/// [`answer`] with a `{"message": text}` body.
+fn answer_message(shared: &Shared, status: StatusCode, text: &str) -> Response {
+    shared.counters.count_status(status.as_u16());
+    message(status, text)
+}
+
 async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     Counters::bump(&shared.counters.requests);
 
@@ -95,16 +101,14 @@ async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Res
         Ok(body) => body,
         Err(e) => {
             let text = format!("Could not read request body: {e}");
-            shared.counters.count_status(400);
-            return message(StatusCode::BAD_REQUEST, &text);
+            return answer_message(&shared, StatusCode::BAD_REQUEST, &text);
         }
     };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
             let text = format!("Invalid JSON body: {e}");
-            shared.counters.count_status(400);
-            return message(StatusCode::BAD_REQUEST, &text);
+            return answer_message(&shared, StatusCode::BAD_REQUEST, &text);
         }
     };
     // A non-string or empty value counts as missing, like the real workflow.
@@ -149,9 +153,8 @@ async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Res
 
 fn fault_response(shared: &Shared, code: u16, decision: &Decision) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    shared.counters.count_status(status.as_u16());
     let reason = status.canonical_reason().unwrap_or("Injected fault");
-    let mut response = message(status, reason);
+    let mut response = answer_message(shared, status, reason);
     if status == StatusCode::TOO_MANY_REQUESTS {
         let value = if decision.retry_after_http_date {
             let at = SystemTime::now() + Duration::from_secs(decision.retry_after_secs);

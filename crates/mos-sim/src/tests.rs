@@ -3,12 +3,22 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{IntoUrl, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
 
 const KEY: &str = "test-key";
+
+/// A config accepting [`KEY`], otherwise the defaults; tests override fields
+/// with `..keyed_config()`.
+fn keyed_config() -> SimConfig {
+    SimConfig {
+        secret_key: KEY.to_owned(),
+        ..SimConfig::default()
+    }
+}
 
 async fn start(config: SimConfig) -> MosSim {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -16,11 +26,15 @@ async fn start(config: SimConfig) -> MosSim {
 }
 
 async fn start_default() -> MosSim {
-    start(SimConfig {
-        secret_key: KEY.to_owned(),
-        ..SimConfig::default()
-    })
-    .await
+    start(keyed_config()).await
+}
+
+/// A default sim whose faults are then replaced at run time through
+/// [`MosSim::set_faults`] (not through the config).
+async fn start_then_set_faults(faults: Faults) -> MosSim {
+    let sim = start_default().await;
+    sim.set_faults(faults);
+    sim
 }
 
 fn client() -> reqwest::Client {
@@ -30,37 +44,117 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// A POST to `url` with `X-MOS-Key: {key_header}`, or without the header.
+fn post_with_key_header(
+    http: &reqwest::Client,
+    url: impl IntoUrl,
+    key_header: Option<&str>,
+) -> RequestBuilder {
+    let req = http.post(url);
+    match key_header {
+        Some(value) => req.header("X-MOS-Key", value),
+        None => req,
+    }
+}
+
+/// Links `anon` to `user` through `url`; the transport result is left to the
+/// caller (dropped and refused connections are what some tests check).
+async fn post_link(
+    http: &reqwest::Client,
+    url: impl IntoUrl,
+    key_header: Option<&str>,
+    anon: &str,
+    user: &str,
+) -> reqwest::Result<Response> {
+    post_with_key_header(http, url, key_header)
+        .json(&json!({ "anonymousIdentifier": anon, "userIdentifier": user }))
+        .send()
+        .await
+}
+
 async fn link_with_key(
     http: &reqwest::Client,
     sim: &MosSim,
     key: &str,
     anon: &str,
     user: &str,
-) -> reqwest::Result<reqwest::Response> {
-    http.post(sim.endpoint_url())
-        .header("X-MOS-Key", format!("Bearer {key}"))
-        .json(&json!({ "anonymousIdentifier": anon, "userIdentifier": user }))
-        .send()
-        .await
+) -> reqwest::Result<Response> {
+    post_link(http, sim.endpoint_url(), Some(&bearer(key)), anon, user).await
 }
 
-async fn link(http: &reqwest::Client, sim: &MosSim, anon: &str, user: &str) -> (StatusCode, Value) {
-    let resp = link_with_key(http, sim, KEY, anon, user).await.unwrap();
+/// Status of linking `a` to `u` with `key`.
+async fn status_with_key(http: &reqwest::Client, sim: &MosSim, key: &str) -> StatusCode {
+    link_with_key(http, sim, key, "a", "u")
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn status_and_json(resp: Response) -> (StatusCode, Value) {
     let status = resp.status();
     (status, resp.json().await.unwrap())
 }
 
+async fn link(http: &reqwest::Client, sim: &MosSim, anon: &str, user: &str) -> (StatusCode, Value) {
+    status_and_json(link_with_key(http, sim, KEY, anon, user).await.unwrap()).await
+}
+
 async fn post_raw(http: &reqwest::Client, sim: &MosSim, body: &'static str) -> (StatusCode, Value) {
-    let resp = http
-        .post(sim.endpoint_url())
-        .header("X-MOS-Key", format!("Bearer {KEY}"))
+    let resp = post_with_key_header(http, sim.endpoint_url(), Some(&bearer(KEY)))
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap())
+    status_and_json(resp).await
+}
+
+fn control_url(sim: &MosSim, path: &str) -> String {
+    format!("{}/_sim/{path}", sim.base_url())
+}
+
+/// Sends a control request; those always get an answer.
+async fn send(req: RequestBuilder) -> Response {
+    req.send().await.unwrap()
+}
+
+async fn get_json<T: DeserializeOwned>(http: &reqwest::Client, url: String) -> T {
+    send(http.get(url)).await.json().await.unwrap()
+}
+
+async fn put_faults(http: &reqwest::Client, sim: &MosSim, faults: Value) -> Response {
+    send(http.put(control_url(sim, "faults")).json(&faults)).await
+}
+
+/// Asserts each counter named in `expected`, a subset of the JSON of
+/// `GET /_sim/stats`; under `"statuses"` each code is checked through
+/// [`SimStats::status`], so a count of 0 matches an absent code.
+#[track_caller]
+fn assert_stats(stats: &SimStats, expected: Value) {
+    let expected = expected
+        .as_object()
+        .expect("expected counters as an object");
+    assert!(!expected.is_empty(), "no counter to check");
+    let actual = serde_json::to_value(stats).unwrap();
+    for (name, want) in expected {
+        if name == "statuses" {
+            for (code, want) in want.as_object().expect("statuses as an object") {
+                let code: u16 = code.parse().expect("status code");
+                assert_eq!(
+                    stats.status(code),
+                    want.as_u64().expect("count"),
+                    "status {code} in {stats:?}"
+                );
+            }
+        } else {
+            assert!(actual.get(name).is_some(), "no counter {name:?}");
+            assert_eq!(actual[name], *want, "{name} in {stats:?}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -83,13 +177,11 @@ async fn created_then_already_linked() {
     let (_, body) = link(&http, &sim, "anon-1", "user-2").await;
     assert_eq!(body["outcome"], "created");
 
-    let stats = sim.stats();
-    assert_eq!(stats.requests, 3);
-    assert_eq!(stats.creates, 2);
-    assert_eq!(stats.already_linked, 1);
-    assert_eq!(stats.duplicates, 0);
-    assert_eq!(stats.links, 2);
-    assert_eq!(stats.status(200), 3);
+    assert_stats(
+        &sim.stats(),
+        json!({"requests": 3, "creates": 2, "already_linked": 1, "duplicates": 0,
+               "links": 2, "statuses": {"200": 3}}),
+    );
 
     let links = sim.links();
     assert_eq!(links.len(), 2);
@@ -110,14 +202,11 @@ async fn created_then_already_linked() {
 #[tokio::test]
 async fn any_environment_id_is_routed() {
     let sim = start_default().await;
-    let resp = client()
-        .post(format!(
-            "{}/api/v1/envs/env_123/endpoints/link-identities",
-            sim.base_url()
-        ))
-        .header("X-MOS-Key", format!("Bearer {KEY}"))
-        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
-        .send()
+    let url = format!(
+        "{}/api/v1/envs/env_123/endpoints/link-identities",
+        sim.base_url()
+    );
+    let resp = post_link(&client(), url, Some(&bearer(KEY)), "a", "u")
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -126,9 +215,8 @@ async fn any_environment_id_is_routed() {
 #[tokio::test]
 async fn plain_mode_omits_outcome() {
     let sim = start(SimConfig {
-        secret_key: KEY.to_owned(),
         plain_success: true,
-        ..SimConfig::default()
+        ..keyed_config()
     })
     .await;
     let http = client();
@@ -137,8 +225,7 @@ async fn plain_mode_omits_outcome() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({"message": "Success"}));
     }
-    assert_eq!(sim.stats().creates, 1);
-    assert_eq!(sim.stats().already_linked, 1);
+    assert_stats(&sim.stats(), json!({"creates": 1, "already_linked": 1}));
 }
 
 #[tokio::test]
@@ -162,9 +249,7 @@ async fn missing_empty_or_non_string_fields_are_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(resp["message"].as_str().unwrap().contains("Invalid JSON"));
 
-    let stats = sim.stats();
-    assert_eq!(stats.status(400), 7);
-    assert_eq!(stats.links, 0);
+    assert_stats(&sim.stats(), json!({"links": 0, "statuses": {"400": 7}}));
 }
 
 #[tokio::test]
@@ -177,71 +262,45 @@ async fn wrong_missing_and_changed_key_are_401() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.json::<Value>().await.unwrap(), unauthorized);
 
-    let resp = http
-        .post(sim.endpoint_url())
-        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-
-    // Key without the Bearer scheme.
-    let resp = http
-        .post(sim.endpoint_url())
-        .header("X-MOS-Key", KEY)
-        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // No key at all, then the key without the Bearer scheme.
+    for key_header in [None, Some(KEY)] {
+        let resp = post_link(&http, sim.endpoint_url(), key_header, "a", "u")
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{key_header:?}");
+    }
 
     // Revocation through the Rust API, then recovery.
     sim.set_key("rotated");
-    assert_eq!(
-        link_with_key(&http, &sim, KEY, "a", "u")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status_with_key(&http, &sim, KEY).await, 401);
     sim.set_key(KEY);
     assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
 
     // Revocation through the control route.
-    let resp = http
-        .put(format!("{}/_sim/key", sim.base_url()))
-        .json(&json!({"key": "rotated-again"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        http.put(control_url(&sim, "key"))
+            .json(&json!({"key": "rotated-again"})),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(status_with_key(&http, &sim, KEY).await, 401);
     assert_eq!(
-        link_with_key(&http, &sim, KEY, "a", "u")
-            .await
-            .unwrap()
-            .status(),
-        401
+        status_with_key(&http, &sim, "rotated-again").await,
+        StatusCode::OK
     );
-    let resp = link_with_key(&http, &sim, "rotated-again", "a", "u")
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
 
-    let stats = sim.stats();
-    assert_eq!(stats.status(401), 5);
-    assert_eq!(stats.links, 1);
+    assert_stats(&sim.stats(), json!({"links": 1, "statuses": {"401": 5}}));
 }
 
 #[tokio::test]
 async fn status_sequence_is_consumed_in_order() {
     let sim = start(SimConfig {
-        secret_key: KEY.to_owned(),
         faults: Faults {
             statuses: vec![503, 503, 429, 500],
             retry_after_secs: 7,
             ..Faults::default()
         },
-        ..SimConfig::default()
+        ..keyed_config()
     })
     .await;
     let http = client();
@@ -264,32 +323,29 @@ async fn status_sequence_is_consumed_in_order() {
     }
     assert_eq!(seen, [503, 503, 429, 500, 200]);
 
-    let stats = sim.stats();
-    assert_eq!(stats.requests, 5);
-    assert_eq!(stats.status(503), 2);
-    assert_eq!(stats.status(429), 1);
-    assert_eq!(stats.status(500), 1);
-    assert_eq!(stats.creates, 1);
+    assert_stats(
+        &sim.stats(),
+        json!({"requests": 5, "creates": 1, "statuses": {"503": 2, "429": 1, "500": 1}}),
+    );
     assert!(sim.faults().statuses.is_empty());
 }
 
 #[tokio::test]
 async fn faults_apply_before_auth() {
-    let sim = start_default().await;
-    sim.set_faults(Faults {
+    let sim = start_then_set_faults(Faults {
         statuses: vec![502],
         ..Faults::default()
-    });
-    let resp = link_with_key(&client(), &sim, "wrong", "a", "u")
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    })
+    .await;
+    assert_eq!(
+        status_with_key(&client(), &sim, "wrong").await,
+        StatusCode::BAD_GATEWAY
+    );
 }
 
 #[tokio::test]
 async fn retry_after_as_http_date_and_rate_fault() {
-    let sim = start_default().await;
-    sim.set_faults(Faults {
+    let sim = start_then_set_faults(Faults {
         rate: Some(RateFault {
             status: 429,
             probability: 1.0,
@@ -297,7 +353,8 @@ async fn retry_after_as_http_date_and_rate_fault() {
         retry_after_secs: 30,
         retry_after_http_date: true,
         ..Faults::default()
-    });
+    })
+    .await;
     let http = client();
     for _ in 0..3 {
         let resp = link_with_key(&http, &sim, KEY, "a", "u").await.unwrap();
@@ -318,11 +375,11 @@ async fn retry_after_as_http_date_and_rate_fault() {
 
 #[tokio::test]
 async fn latency_delays_the_answer() {
-    let sim = start_default().await;
-    sim.set_faults(Faults {
+    let sim = start_then_set_faults(Faults {
         latency_ms: 150,
         ..Faults::default()
-    });
+    })
+    .await;
     let started = std::time::Instant::now();
     assert_eq!(link(&client(), &sim, "a", "u").await.0, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(150));
@@ -330,11 +387,11 @@ async fn latency_delays_the_answer() {
 
 #[tokio::test]
 async fn drop_closes_the_connection_without_a_response() {
-    let sim = start_default().await;
-    sim.set_faults(Faults {
+    let sim = start_then_set_faults(Faults {
         drop: 2,
         ..Faults::default()
-    });
+    })
+    .await;
     let http = client();
     for _ in 0..2 {
         let err = link_with_key(&http, &sim, KEY, "a", "u")
@@ -348,17 +405,15 @@ async fn drop_closes_the_connection_without_a_response() {
     assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
 
     let stats = sim.stats();
-    assert_eq!(stats.requests, 3);
+    assert_stats(&stats, json!({"requests": 3, "links": 1}));
     assert_eq!(stats.statuses.values().sum::<u64>(), 1);
-    assert_eq!(stats.links, 1);
 }
 
 #[tokio::test]
 async fn concurrent_identical_requests_create_duplicates() {
     let sim = start(SimConfig {
-        secret_key: KEY.to_owned(),
         pause: Duration::from_millis(20),
-        ..SimConfig::default()
+        ..keyed_config()
     })
     .await;
     let http = client();
@@ -367,7 +422,7 @@ async fn concurrent_identical_requests_create_duplicates() {
     assert!(results.iter().all(|(status, _)| *status == StatusCode::OK));
 
     let stats = sim.stats();
-    assert_eq!(stats.requests, 50);
+    assert_stats(&stats, json!({"requests": 50}));
     assert!(stats.duplicates > 0, "{stats:?}");
     assert_eq!(stats.creates + stats.already_linked, 50);
     assert_eq!(stats.links, stats.creates);
@@ -391,50 +446,25 @@ async fn zero_pause_works_sequentially() {
 async fn control_routes() {
     let sim = start_default().await;
     let http = client();
-    let base = sim.base_url();
+    let url = |path| control_url(&sim, path);
 
-    let resp = http
-        .get(format!("{base}/_sim/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.get(url("healthz"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     // PUT replaces faults; omitted fields take defaults.
-    let resp = http
-        .put(format!("{base}/_sim/faults"))
-        .json(&json!({"statuses": [504], "drop": 0}))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_faults(&http, &sim, json!({"statuses": [504], "drop": 0})).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let faults: Faults = resp.json().await.unwrap();
     assert_eq!(faults.statuses, [504]);
     assert_eq!(faults.retry_after_secs, 1);
 
-    let resp = http
-        .put(format!("{base}/_sim/faults"))
-        .json(&json!({"statuses": [200]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = http
-        .put(format!("{base}/_sim/faults"))
-        .json(&json!({"statusez": [503]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Rejected: a success code, and an unknown field.
+    for bad in [json!({"statuses": [200]}), json!({"statusez": [503]})] {
+        let resp = put_faults(&http, &sim, bad.clone()).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
 
-    let got: Faults = http
-        .get(format!("{base}/_sim/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Faults = get_json(&http, url("faults")).await;
     assert_eq!(got.statuses, [504]);
 
     assert_eq!(
@@ -443,47 +473,25 @@ async fn control_routes() {
     );
     assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
 
-    let resp = http
-        .delete(format!("{base}/_sim/faults"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.delete(url("faults"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sim.faults(), Faults::default());
 
-    let stats: Value = http
-        .get(format!("{base}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&http, url("stats")).await;
     assert_eq!(
         stats,
         json!({"requests": 2, "creates": 1, "duplicates": 0, "already_linked": 0,
                "links": 1, "statuses": {"200": 1, "504": 1}})
     );
 
-    let links: Value = http
-        .get(format!("{base}/_sim/links"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let links: Value = get_json(&http, url("links")).await;
     assert_eq!(links[0]["anonymousIdentifier"], "a");
     assert_eq!(links[0]["userIdentifier"], "u");
     assert_eq!(links[0]["type"], "copy_once");
     assert_eq!(links[0]["reason"], "conversion");
     assert!(links[0]["createdAt"].is_string());
 
-    let resp = http
-        .post(format!("{base}/_sim/reset"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send(http.post(url("reset"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sim.stats(), SimStats::default());
 }
@@ -506,16 +514,11 @@ async fn reset_clears_store_counters_and_faults_but_keeps_key() {
     assert_eq!(sim.faults(), Faults::default());
 
     // Key kept; no fault left; the link is gone so it is created again.
-    assert_eq!(
-        link_with_key(&http, &sim, KEY, "a", "u")
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status_with_key(&http, &sim, KEY).await, 401);
     let resp = link_with_key(&http, &sim, "other", "a", "u").await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.json::<Value>().await.unwrap()["outcome"], "created");
+    let (status, body) = status_and_json(resp).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "created");
 }
 
 #[tokio::test]
@@ -526,11 +529,7 @@ async fn shutdown_stops_accepting() {
     assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
     sim.shutdown().await;
     // A fresh client, so no pooled connection is reused.
-    let err = client()
-        .post(url)
-        .header("X-MOS-Key", format!("Bearer {KEY}"))
-        .json(&json!({"anonymousIdentifier": "a", "userIdentifier": "u"}))
-        .send()
+    let err = post_link(&client(), url, Some(&bearer(KEY)), "a", "u")
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err:?}");
