@@ -242,7 +242,10 @@ mod tests {
             Outcome::Linked(LinkResult::AlreadyLinked),
             Outcome::Skipped(SkipReason::SameIdentifier),
         ] {
-            assert_eq!(Settlement::of(&outcome, &route(), 0, &topology()), Settlement::Ack);
+            assert_eq!(
+                Settlement::of(&outcome, &route(), 0, &topology()),
+                Settlement::Ack
+            );
         }
     }
 
@@ -257,7 +260,10 @@ mod tests {
         };
         let settlement = Settlement::of(&outcome, &route(), 0, &topology());
         let (exchange, routing_key, headers) = names(&settlement);
-        assert_eq!((exchange.as_str(), routing_key.as_str()), ("", "q.retry.10s"));
+        assert_eq!(
+            (exchange.as_str(), routing_key.as_str()),
+            ("", "q.retry.10s")
+        );
         assert_eq!(
             headers,
             [
@@ -277,7 +283,10 @@ mod tests {
         };
         let settlement = Settlement::of(&outcome, &route(), 2, &topology());
         let (exchange, routing_key, names) = names(&settlement);
-        assert_eq!((exchange.as_str(), routing_key.as_str()), ("q.dead", "user.logged_in"));
+        assert_eq!(
+            (exchange.as_str(), routing_key.as_str()),
+            ("q.dead", "user.logged_in")
+        );
         assert_eq!(
             names,
             [

@@ -103,7 +103,9 @@ async fn probe_endpoint(config: &Config) -> Result<String, String> {
         Ok(status) => return Ok(status.to_string()),
         Err(error) => error,
     };
-    let status = error.status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    let status = error
+        .status
+        .map_or_else(|| "none".to_owned(), |s| s.to_string());
     Err(match error.verdict {
         Verdict::KeyRefused => format!("KEY REFUSED (HTTP {status})"),
         Verdict::RetryAfter(_) => format!("UNAVAILABLE: {}", error.message),

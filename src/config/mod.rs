@@ -14,11 +14,11 @@ use serde::Deserialize;
 
 pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
-pub use crate::domain::delay_label;
 use self::values::{
     amqp_url, boolean, duration, endpoint_url, list, name, non_zero, number, parsed, pointers,
     positive_duration, retry_ladder, secret_key,
 };
+pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
 
 /// A configuration problem, always tied to one variable.
@@ -287,7 +287,11 @@ impl BrokerConfig {
             exchange: names.exchange,
             routing_keys: names.routing_keys,
             queue: names.queue,
-            declare_topology: boolean("LINKER_DECLARE_TOPOLOGY", raw.declare_topology.clone(), true)?,
+            declare_topology: boolean(
+                "LINKER_DECLARE_TOPOLOGY",
+                raw.declare_topology.clone(),
+                true,
+            )?,
         })
     }
 }
@@ -307,9 +311,17 @@ impl LinkConfig {
             endpoint_url,
             secret_key,
             concurrency,
-            linked_cache_size: number("LINKER_LINKED_CACHE_SIZE", raw.linked_cache_size.clone(), 100_000)?,
+            linked_cache_size: number(
+                "LINKER_LINKED_CACHE_SIZE",
+                raw.linked_cache_size.clone(),
+                100_000,
+            )?,
             http_timeout: positive_duration("LINKER_HTTP_TIMEOUT", raw.http_timeout.clone(), "5s")?,
-            linked_cache_ttl: duration("LINKER_LINKED_CACHE_TTL", raw.linked_cache_ttl.clone(), "10m")?,
+            linked_cache_ttl: duration(
+                "LINKER_LINKED_CACHE_TTL",
+                raw.linked_cache_ttl.clone(),
+                "10m",
+            )?,
         })
     }
 }
@@ -328,7 +340,11 @@ impl RetryConfig {
                 raw.circuit_probe_interval.clone(),
                 "30s",
             )?,
-            immediate_retries: number("LINKER_IMMEDIATE_RETRIES", raw.immediate_retries.clone(), 3)?,
+            immediate_retries: number(
+                "LINKER_IMMEDIATE_RETRIES",
+                raw.immediate_retries.clone(),
+                3,
+            )?,
             ladder,
         })
     }
@@ -412,7 +428,10 @@ mod tests {
         let config = Config::from_vars(vars(&[])).unwrap();
         assert_eq!(config.broker.queue, "identity-linker");
         assert_eq!(config.broker.exchange, "auth.events");
-        assert_eq!(config.broker.routing_keys, ["user.signed_up", "user.logged_in"]);
+        assert_eq!(
+            config.broker.routing_keys,
+            ["user.signed_up", "user.logged_in"]
+        );
         assert_eq!(config.broker.prefetch.get(), 256);
         assert_eq!(config.link.concurrency.get(), 128);
         assert_eq!(config.broker.delivery_limit.get(), 20);

@@ -49,7 +49,10 @@ pub(super) fn endpoint_url(value: Option<String>) -> Result<reqwest::Url, Config
     Ok(url)
 }
 
-pub(super) fn secret_key(inline: Option<String>, file: Option<String>) -> Result<SecretKey, ConfigError> {
+pub(super) fn secret_key(
+    inline: Option<String>,
+    file: Option<String>,
+) -> Result<SecretKey, ConfigError> {
     let key = match (
         inline.filter(|v| !v.is_empty()),
         file.filter(|v| !v.is_empty()),

@@ -74,14 +74,19 @@ pub enum Outcome {
     Linked(LinkResult),
     Skipped(SkipReason),
     /// Transient failure after the immediate retries: the next step of the delay ladder.
-    Retry { error: String, step: RetryStep },
+    Retry {
+        error: String,
+        step: RetryStep,
+    },
     DeadLetter {
         reason: DeadLetterReason,
         error: String,
     },
     /// The circuit is open (key refused, or the target is down): the message
     /// goes back to the work queue untouched, costing no retry step.
-    HandBack { error: String },
+    HandBack {
+        error: String,
+    },
 }
 
 /// The values of `identity_linker_messages_total{outcome}`: the one list,

@@ -64,7 +64,10 @@ mod tests {
                 delay: Duration::from_secs(10)
             })
         );
-        assert_eq!(ladder.next(1).map(|s| s.delay), Some(Duration::from_secs(60)));
+        assert_eq!(
+            ladder.next(1).map(|s| s.delay),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(ladder.next(2), None);
         assert_eq!(ladder.next(u32::MAX), None);
         assert_eq!(RetryLadder::new(vec![]).next(0), None);

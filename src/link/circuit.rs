@@ -127,7 +127,11 @@ impl Circuit {
             TargetHealth::KeyRefused => TripReason::KeyRefused,
             TargetHealth::Unavailable => TripReason::TargetUnavailable,
         };
-        let error = answer.as_ref().err().map(|e| e.message.clone()).unwrap_or_default();
+        let error = answer
+            .as_ref()
+            .err()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
         if let Some(trip) = self.lock().as_mut() {
             trip.reason = reason;
             trip.last_error = error.clone();
@@ -247,13 +251,17 @@ mod tests {
             TargetHealth::Unavailable
         );
         assert!(circuit.is_open());
-        assert_eq!(circuit.observe_probe(&failed(Verdict::Reject)), TargetHealth::Up);
+        assert_eq!(
+            circuit.observe_probe(&failed(Verdict::Reject)),
+            TargetHealth::Up
+        );
         assert!(!circuit.is_open());
     }
 
     #[test]
     fn refused_key_opens_at_once() {
         let circuit = circuit(20);
+        circuit.readiness.set_connected(true);
         let mut state = circuit.subscribe();
         circuit.observe(&request(), &failed(Verdict::KeyRefused));
         assert!(circuit.is_open());

@@ -58,7 +58,9 @@ pub fn after_failure(
     ladder: &RetryLadder,
     attempts: u32,
 ) -> Outcome {
-    let CallError { verdict, message, .. } = error;
+    let CallError {
+        verdict, message, ..
+    } = error;
     match verdict {
         Verdict::Reject => Outcome::DeadLetter {
             reason: DeadLetterReason::Rejected,
@@ -121,7 +123,10 @@ mod tests {
         ));
         assert!(matches!(
             after_failure(transient(), false, &ladder, 2),
-            Outcome::DeadLetter { reason: DeadLetterReason::RetriesExhausted, .. }
+            Outcome::DeadLetter {
+                reason: DeadLetterReason::RetriesExhausted,
+                ..
+            }
         ));
         assert!(matches!(
             after_failure(transient(), true, &ladder, 0),
@@ -129,7 +134,10 @@ mod tests {
         ));
         assert!(matches!(
             after_failure(error(Verdict::Reject), false, &ladder, 0),
-            Outcome::DeadLetter { reason: DeadLetterReason::Rejected, .. }
+            Outcome::DeadLetter {
+                reason: DeadLetterReason::Rejected,
+                ..
+            }
         ));
         assert!(matches!(
             after_failure(error(Verdict::KeyRefused), false, &ladder, 0),

@@ -94,7 +94,12 @@ mod tests {
             },
             "something.else",
         );
-        settle(&Outcome::HandBack { error: "open".into() }, "user.logged_in");
+        settle(
+            &Outcome::HandBack {
+                error: "open".into(),
+            },
+            "user.logged_in",
+        );
         assert_eq!(metrics.outcome_total(OutcomeLabel::Linked), 1);
         assert_eq!(metrics.outcome_total(OutcomeLabel::DeadLettered), 1);
         assert_eq!(metrics.settled_total(), 2);

@@ -12,10 +12,10 @@ use identity_link_worker::broker::publisher::Publisher;
 use identity_link_worker::broker::topology::Topology;
 use identity_link_worker::config::{AmqpUrl, Config, DEFAULT_AMQP_URL};
 use identity_link_worker::ops::metrics::Metrics;
-use mos_sim::{MosSim, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection};
+use mos_sim::{MosSim, SimConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -174,7 +174,7 @@ impl TestApp {
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         self.publisher
-            .publish(&self.config.exchange, routing_key, body, properties)
+            .publish(&self.config.broker.exchange, routing_key, body, properties)
             .await
             .expect("test publish confirmed");
     }

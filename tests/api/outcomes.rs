@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use identity_link_worker::broker::headers;
-use mos_sim::{Faults, SimConfig};
 use lapin::BasicProperties;
 use lapin::types::ShortString;
+use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 
@@ -48,7 +48,7 @@ async fn malformed_body_is_dead_lettered_with_all_headers_and_the_original_kept(
     assert_eq!(header_u32(letter, headers::ATTEMPTS), 0);
     assert_eq!(
         header(letter, headers::ORIGINAL_EXCHANGE).as_deref(),
-        Some(app.config.exchange.as_str())
+        Some(app.config.broker.exchange.as_str())
     );
     assert_eq!(
         header(letter, headers::ORIGINAL_ROUTING_KEY).as_deref(),

@@ -145,7 +145,8 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
     let config = Config::from_vars(vars.clone()).unwrap();
     let connection = broker().await;
     // Declare first so the events are queued before the worker starts.
-    let topology = identity_link_worker::broker::topology::Topology::from_config(&config);
+    let topology =
+        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
     topology
         .declare(&connection.create_channel().await.unwrap())
         .await
@@ -160,7 +161,7 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
         let body = serde_json::json!({"anonymousId": format!("a-term-{i}"), "userId": format!("u-term-{i}")});
         publisher
             .publish(
-                &config.exchange,
+                &config.broker.exchange,
                 "user.logged_in",
                 body.to_string().as_bytes(),
                 lapin::BasicProperties::default().with_delivery_mode(2),
@@ -187,7 +188,7 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
         "stopped mid-load ({linked_by_first})"
     );
     // Whatever the first worker did not finish is back in the queue, ready.
-    let left = queue_depth(&connection, &config.queue).await;
+    let left = queue_depth(&connection, &config.broker.queue).await;
     assert!(
         u64::from(left) >= total - linked_by_first,
         "left {left}, linked {linked_by_first}"
@@ -232,7 +233,8 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
         .spawn()
         .unwrap();
     let connection = broker().await;
-    let topology = identity_link_worker::broker::topology::Topology::from_config(&config);
+    let topology =
+        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
     wait_for("the topology", Duration::from_secs(20), || async {
         topology.verify(&connection).await.is_ok()
     })
@@ -245,7 +247,7 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
     let publish = |i: usize| {
         let body = serde_json::json!({"anonymousId": format!("a-secret-{i}"), "userId": format!("u-secret-{i}")});
         let publisher = publisher.clone();
-        let exchange = config.exchange.clone();
+        let exchange = config.broker.exchange.clone();
         async move {
             publisher
                 .publish(
@@ -310,8 +312,8 @@ async fn publish_and_dlq_commands_work_end_to_end() {
     let app = TestApp::spawn().await;
     let vars: Vec<(String, String)> = vec![
         ("LINKER_AMQP_URL".into(), amqp_url()),
-        ("LINKER_QUEUE".into(), app.config.queue.clone()),
-        ("LINKER_EXCHANGE".into(), app.config.exchange.clone()),
+        ("LINKER_QUEUE".into(), app.config.broker.queue.clone()),
+        ("LINKER_EXCHANGE".into(), app.config.broker.exchange.clone()),
     ];
     let output = command(&vars)
         .args([

@@ -71,7 +71,7 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
     );
     assert_eq!(
         header(&dead[0], headers::ORIGINAL_EXCHANGE).as_deref(),
-        Some(app.config.exchange.as_str())
+        Some(app.config.broker.exchange.as_str())
     );
     assert!(header(&dead[0], headers::ERROR).unwrap().contains("503"));
     app.finish().await;

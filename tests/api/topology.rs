@@ -64,8 +64,8 @@ async fn declared_topology_equals_deploy_definitions() {
         &[("LINKER_RETRY_DELAYS", "10s,1m,5m,15m,1h")],
     )
     .await;
-    let queue = app.config.queue.clone();
-    let exchange = app.config.exchange.clone();
+    let queue = app.config.broker.queue.clone();
+    let exchange = app.config.broker.exchange.clone();
     let to_file = |name: &str| -> String {
         if name == exchange {
             "auth.events".to_owned()
@@ -172,12 +172,13 @@ async fn with_declaration_off_a_missing_topology_keeps_the_worker_unready() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|q| q["name"] == config.queue.as_str())
+            .any(|q| q["name"] == config.broker.queue.as_str())
     );
 
     // Once an operator declares it, the worker gets ready by itself.
     let connection = broker().await;
-    let topology = identity_link_worker::broker::topology::Topology::from_config(&config);
+    let topology =
+        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
     let channel = connection.create_channel().await.unwrap();
     topology.declare(&channel).await.unwrap();
     wait_for("readiness", std::time::Duration::from_secs(30), || async {

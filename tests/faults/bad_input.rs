@@ -621,7 +621,7 @@ async fn s07_bad_input_one_outcome_each_and_bounded_memory() {
     );
     {
         use futures_util::StreamExt;
-        let exchange = scenario.config.exchange.as_str();
+        let exchange = scenario.config.broker.exchange.as_str();
         let results: Vec<_> = futures_util::stream::iter(cases.iter().zip(&events))
             .map(|(c, e)| {
                 let publisher = publisher.clone();

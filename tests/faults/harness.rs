@@ -18,10 +18,10 @@ use identity_link_worker::broker::connection::{connect, open_confirm_channel};
 use identity_link_worker::broker::publisher::Publisher;
 use identity_link_worker::broker::topology::Topology;
 use identity_link_worker::config::{AmqpUrl, Config, DEFAULT_AMQP_URL};
-use mos_sim::{MosSim, SimConfig};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection};
+use mos_sim::{MosSim, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_identity-link-worker");
@@ -112,7 +112,7 @@ impl Scenario {
             vars.push(((*name).to_owned(), (*value).to_owned()));
         }
         let config = Config::from_vars(vars.clone()).expect("scenario configuration");
-        let topology = Topology::from_config(&config);
+        let topology = Topology::new(&config.broker, &config.retry.ladder);
         let connection = broker().await;
         topology
             .declare(&connection.create_channel().await.unwrap())
@@ -901,7 +901,7 @@ pub struct Producer {
 impl Producer {
     pub fn new(scenario: &Scenario) -> Self {
         Self {
-            exchange: scenario.config.exchange.clone(),
+            exchange: scenario.config.broker.exchange.clone(),
             current: None,
             republished: 0,
         }

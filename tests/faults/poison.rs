@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::{dlq, headers};
-use mos_sim::{Faults, SimConfig};
 use lapin::options::BasicGetOptions;
+use mos_sim::{Faults, SimConfig};
 
 use crate::harness::*;
 
@@ -134,7 +134,7 @@ async fn s06_poison_message_is_dead_lettered_at_the_delivery_limit() {
     assert_eq!(
         headers::x_death_route(&letter.delivery.properties),
         Some((
-            scenario.config.exchange.clone(),
+            scenario.config.broker.exchange.clone(),
             "user.signed_up".to_owned()
         )),
         "x-death keeps the original route"

@@ -17,8 +17,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use identity_link_worker::broker::headers;
-use mos_sim::{Faults, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
+use mos_sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 
 use crate::harness::*;
