@@ -223,7 +223,8 @@ main() {
   run_check "Alert annotations and test coverage" check_runbooks
   run_check "PrometheusRule == alerts.yml" "$PY" "$HELPERS/gen_prometheusrule.py" --check
   run_check "MonetizationOS workflow (TypeScript)" check_typescript
-  run_check "Metric names vs contract" "$PY" "$HELPERS/check_metrics.py"
+  run_check "docs/interface.md vs the code" "$PY" "$HELPERS/check_interface.py"
+  run_check "Metric names vs docs/interface.md" "$PY" "$HELPERS/check_metrics.py"
   run_check "RabbitMQ definitions" "$PY" "$HELPERS/topology.py" --check
   run_check "Grafana dashboard and provisioning" "$PY" "$HELPERS/check_dashboard.py"
   run_check "Dockerfile, .dockerignore, shell" check_container

@@ -10,7 +10,7 @@
   mounts, secrets, configs, env files);
 - the services fit together: pinned image tags, a healthcheck on every service,
   `service_healthy` only on services that have one, the worker's LINKER_*
-  variables known to the contract and pointing at mos-sim, Prometheus scraping
+  variables listed in docs/interface.md and pointing at mos-sim, Prometheus scraping
   existing services and ports, RabbitMQ loading the mounted definitions,
   stop_grace_period longer than LINKER_SHUTDOWN_GRACE.
 """
@@ -28,12 +28,12 @@ import jsonschema
 import yaml
 
 from common import (
-    CONTRACT_VARIABLES,
-    DEFAULT_SHUTDOWN_GRACE,
     DEPLOY,
     MOS_SIM_URL,
     REPO,
     CheckFailed,
+    defaults,
+    documented_variables,
     duration_ms,
     fail_if,
     run_main,
@@ -151,8 +151,8 @@ def main() -> None:
     worker = services.get("worker", {})
     wenv = env_map(worker)
     for key in wenv:
-        if key.startswith("LINKER_") and key not in CONTRACT_VARIABLES:
-            problems.append(f"worker: {key} is not a variable of the contract")
+        if key.startswith("LINKER_") and key not in documented_variables():
+            problems.append(f"worker: {key} is not a variable of docs/interface.md")
     if wenv.get("LINKER_MOS_ENDPOINT_URL") != MOS_SIM_URL:
         problems.append(f"worker: LINKER_MOS_ENDPOINT_URL should be {MOS_SIM_URL}")
     if "LINKER_MOS_SECRET_KEY" in wenv:
@@ -160,7 +160,7 @@ def main() -> None:
     amqp = urlsplit(wenv.get("LINKER_AMQP_URL", ""))
     if amqp.hostname not in services:
         problems.append("worker: LINKER_AMQP_URL does not point at a compose service")
-    grace = duration_ms(wenv.get("LINKER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)) / 1000
+    grace = duration_ms(wenv.get("LINKER_SHUTDOWN_GRACE", defaults().shutdown_grace)) / 1000
     if duration_s(worker.get("stop_grace_period", "10s")) <= grace:
         problems.append("worker: stop_grace_period must exceed LINKER_SHUTDOWN_GRACE")
     sim = services.get("mos-sim", {})

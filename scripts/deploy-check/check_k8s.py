@@ -13,7 +13,7 @@ For deploy/kubernetes/base and every overlay under deploy/kubernetes/overlays:
          the schemas in scripts/deploy-check/crd-schemas/ (typed subsets of the
          upstream CRDs, unknown spec fields rejected);
      a kind with neither is an error;
-  3. check how the objects fit together and with the worker's contract (probes,
+  3. check how the objects fit together and with the worker's interface, docs/interface.md (probes,
      restricted security context, grace period vs LINKER_SHUTDOWN_GRACE, secret
      file path, selectors, KEDA queue name, known LINKER_* variables, ...).
 deploy/kubernetes/base/secret.example.yaml (not part of the kustomization) is
@@ -35,12 +35,11 @@ from referencing import Registry, Resource
 import kubernetes_validate.utils as kv
 
 from common import (
-    CONTRACT_VARIABLES,
-    DEFAULT_HTTP_PORT,
-    DEFAULT_SHUTDOWN_GRACE,
     DEPLOY,
     SECRET_FILE_PATH,
     CheckFailed,
+    defaults,
+    documented_variables,
     duration_ms,
     fail_if,
     rel,
@@ -123,7 +122,7 @@ def selects(selector: dict, labels: dict) -> bool:
 
 
 def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
-    """How the rendered objects fit together and with the contract."""
+    """How the rendered objects fit together and with docs/interface.md."""
     p: list[str] = []
     dep = one(docs, "Deployment", where)
     svc = one(docs, "Service", where)
@@ -154,8 +153,8 @@ def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
             config.update(cms[name].get("data", {}))
     env = {e["name"]: e for e in c.get("env", [])}
     for key in list(config) + list(env):
-        if key.startswith("LINKER_") and key not in CONTRACT_VARIABLES:
-            p.append(f"{key} is not a variable of the contract")
+        if key.startswith("LINKER_") and key not in documented_variables():
+            p.append(f"{key} is not a variable of docs/interface.md")
     for secret_var in ("LINKER_MOS_SECRET_KEY", "LINKER_AMQP_URL"):
         if secret_var in config:
             p.append(f"{secret_var} must not be in a ConfigMap")
@@ -191,7 +190,7 @@ def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
 
     # HTTP port and probes
     ports = {pt.get("name"): pt["containerPort"] for pt in c.get("ports", [])}
-    http_port = int(config.get("LINKER_HTTP_ADDR", f"0.0.0.0:{DEFAULT_HTTP_PORT}").rsplit(":", 1)[1])
+    http_port = int(config.get("LINKER_HTTP_ADDR", f"0.0.0.0:{defaults().http_port}").rsplit(":", 1)[1])
     if ports.get("metrics") != http_port:
         p.append(f"container port 'metrics' should be {http_port} (LINKER_HTTP_ADDR)")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -222,7 +221,7 @@ def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
                 p.append(f"resources.{kind}.{r} missing")
 
     # graceful shutdown
-    grace = duration_ms(config.get("LINKER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)) / 1000
+    grace = duration_ms(config.get("LINKER_SHUTDOWN_GRACE", defaults().shutdown_grace)) / 1000
     tgp = pod.get("terminationGracePeriodSeconds", 30)
     if tgp <= grace:
         p.append(f"terminationGracePeriodSeconds ({tgp}) must exceed LINKER_SHUTDOWN_GRACE ({grace}s)")

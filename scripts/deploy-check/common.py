@@ -7,7 +7,6 @@ by any python3 (the worker's live test calls it without the checks' venv).
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,72 +14,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
-# The contract lives in the shared folder beside the repository (CI clones the
-# repo with shared/ next to it). It is optional: the lists below are the same
-# names, and check_metrics.py fails if the two ever disagree.
-CONTRACT_CANDIDATES = [
-    os.environ.get("IDENTITY_LINKER_CONTRACT", ""),
-    str(REPO.parent / "shared" / "design" / "contract.md"),
-    str(REPO / "shared" / "design" / "contract.md"),
-]
+# The worker's external interface, as the repository documents it. The
+# variables, metrics and headers tables of this page are the lists the checks
+# use; check_interface.py fails when they and the code disagree.
+INTERFACE_DOC = REPO / "docs" / "interface.md"
 
-# Section 8 of the contract: every metric the worker exports under a fixed name.
-CONTRACT_METRICS = frozenset(
-    {
-        "identity_linker_messages_total",
-        "identity_linker_dead_lettered_total",
-        "identity_linker_skipped_total",
-        "identity_linker_retries_total",
-        "identity_linker_api_requests_total",
-        "identity_linker_api_request_duration_seconds",
-        "identity_linker_message_duration_seconds",
-        "identity_linker_event_age_seconds",
-        "identity_linker_linked_cache_hits_total",
-        "identity_linker_in_flight",
-        "identity_linker_broker_connected",
-        "identity_linker_circuit_open",
-        "identity_linker_build_info",
-    }
-)
+# Where the code defines the same things.
+CONFIG_RS = REPO / "src" / "config.rs"
+METRICS_RS = REPO / "src" / "ops" / "metrics.rs"
+HEADERS_RS = REPO / "src" / "broker" / "headers.rs"
+OUTCOME_RS = REPO / "src" / "domain" / "outcome.rs"
 
-# The histograms among them: their samples carry _bucket/_sum/_count.
-CONTRACT_HISTOGRAMS = frozenset(
-    {
-        "identity_linker_api_request_duration_seconds",
-        "identity_linker_message_duration_seconds",
-        "identity_linker_event_age_seconds",
-    }
-)
-
-# Every LINKER_* variable the contract names.
-CONTRACT_VARIABLES = frozenset(
-    {
-        "LINKER_EXCHANGE",
-        "LINKER_ROUTING_KEYS",
-        "LINKER_QUEUE",
-        "LINKER_DECLARE_TOPOLOGY",
-        "LINKER_ANONYMOUS_ID_POINTERS",
-        "LINKER_USER_ID_POINTERS",
-        "LINKER_BLOCKED_IDENTIFIERS",
-        "LINKER_MOS_ENDPOINT_URL",
-        "LINKER_MOS_SECRET_KEY",
-        "LINKER_MOS_SECRET_KEY_FILE",
-        "LINKER_LINKED_CACHE_TTL",
-        "LINKER_LINKED_CACHE_SIZE",
-        "LINKER_HTTP_TIMEOUT",
-        "LINKER_IMMEDIATE_RETRIES",
-        "LINKER_RETRY_DELAYS",
-        "LINKER_CIRCUIT_PROBE_INTERVAL",
-        "LINKER_CIRCUIT_FAILURE_THRESHOLD",
-        "LINKER_HTTP_ADDR",
-        "LINKER_AMQP_URL",
-        "LINKER_PREFETCH",
-        "LINKER_CONCURRENCY",
-        "LINKER_LOG_FORMAT",
-        "LINKER_LOG_IDENTIFIERS",
-        "LINKER_SHUTDOWN_GRACE",
-    }
-)
+# Column headers that identify each machine-read table of docs/interface.md.
+VARIABLES_TABLE = ("variable", "default", "meaning")
+METRICS_TABLE = ("metric", "type", "labels", "stability", "meaning")
+HEADERS_TABLE = ("header", "type", "retry copy", "hand-back", "dead letter", "meaning")
+OUTCOMES_TABLE = ("case", "outcome", "reason", "acknowledged")
 
 # Metrics of RabbitMQ's own rabbitmq_prometheus plugin (3.10 and later) that the
 # deploy files may use. The rabbitmq_detailed_* ones come from
@@ -99,14 +48,7 @@ RABBITMQ_METRICS = frozenset(
     }
 )
 
-# Contract defaults the deploy files are written for.
-DEFAULT_QUEUE = "identity-linker"
-DEFAULT_EXCHANGE = "auth.events"
-DEFAULT_ROUTING_KEYS = ("user.signed_up", "user.logged_in")
-DEFAULT_RETRY_DELAYS = ("10s", "1m", "5m", "15m", "1h")
-DEFAULT_DELIVERY_LIMIT = 20
-DEFAULT_SHUTDOWN_GRACE = "20s"
-DEFAULT_HTTP_PORT = 9464
+# Choices of the deploy files themselves (not part of the worker's interface).
 MOS_SIM_URL = "http://mos-sim:8080/api/v1/envs/local/endpoints/link-identities"
 SECRET_FILE_PATH = "/var/run/secrets/mos/key"
 
@@ -115,29 +57,238 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
 def duration_ms(text: str) -> int:
-    """Parse the contract's durations (`250ms`, `10s`, `5m`, `1h`) to milliseconds."""
+    """Parse durations (`250ms`, `10s`, `5m`, `1h`) to milliseconds."""
     m = _DURATION.match(text.strip())
     if not m:
         raise ValueError(f"not a duration: {text!r}")
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
-def contract_path() -> Path | None:
-    for candidate in CONTRACT_CANDIDATES:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
+# ---- docs/interface.md ---------------------------------------------------------
+
+_BACKTICKED = re.compile(r"`([^`]*)`")
 
 
-def contract_metric_names(text: str) -> set[str]:
-    """Metric names written in section 8 of the contract."""
-    section = text.split("## 8.", 1)[1].split("\n## ", 1)[0] if "## 8." in text else text
-    return set(re.findall(r"`(identity_linker_[a-z_]+)", section))
+def _cells(line: str) -> list[str]:
+    body = line.strip()
+    if body.startswith("|"):
+        body = body[1:]
+    if body.endswith("|") and not body.endswith("\\|"):
+        body = body[:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", body)]
 
 
-def contract_variable_names(text: str) -> set[str]:
-    return set(re.findall(r"\bLINKER_[A-Z_]+[A-Z]\b", text))
+def markdown_tables(text: str) -> list[tuple[tuple[str, ...], list[list[str]]]]:
+    """Every pipe table of a markdown text: (lower-cased header cells, body rows)."""
+    tables: list[tuple[tuple[str, ...], list[list[str]]]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if (lines[i].lstrip().startswith("|") and i + 1 < len(lines)
+                and re.fullmatch(r"\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*", lines[i + 1])):
+            header = tuple(c.lower() for c in _cells(lines[i]))
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            tables.append((header, rows))
+        else:
+            i += 1
+    return tables
 
+
+def interface_text() -> str:
+    if not INTERFACE_DOC.is_file():
+        raise CheckFailed(f"{rel(INTERFACE_DOC)} is missing: it documents the worker's "
+                          f"interface and holds the lists these checks use")
+    return INTERFACE_DOC.read_text(encoding="utf-8")
+
+
+def interface_table(columns: tuple[str, ...]) -> list[list[str]]:
+    """The rows of the one table of docs/interface.md with these column headers."""
+    found = [rows for header, rows in markdown_tables(interface_text()) if header == columns]
+    if len(found) != 1:
+        raise CheckFailed(f"{rel(INTERFACE_DOC)}: expected exactly one table with the columns "
+                          f"| {' | '.join(columns)} |, found {len(found)}")
+    rows = found[0]
+    for row in rows:
+        if len(row) != len(columns):
+            raise CheckFailed(f"{rel(INTERFACE_DOC)}: a row of the | {' | '.join(columns)} | "
+                              f"table has {len(row)} cells, not {len(columns)}: {row}")
+    return rows
+
+
+def _first_backticked(cell: str, table: tuple[str, ...]) -> str:
+    m = re.fullmatch(r"`([^`]+)`", cell.strip())
+    if not m:
+        raise CheckFailed(f"{rel(INTERFACE_DOC)}: the first cell of each row of the "
+                          f"| {' | '.join(table)} | table must be one backticked name, got {cell!r}")
+    return m.group(1)
+
+
+def documented_variables() -> dict[str, str | None]:
+    """LINKER_* variables of the variables table -> their default (None: required/unset)."""
+    out: dict[str, str | None] = {}
+    for row in interface_table(VARIABLES_TABLE):
+        name = _first_backticked(row[0], VARIABLES_TABLE)
+        if not name.startswith("LINKER_"):
+            continue  # RUST_LOG
+        if name in out:
+            raise CheckFailed(f"{rel(INTERFACE_DOC)}: {name} is listed twice")
+        m = re.fullmatch(r"`([^`]*)`", row[1].strip())
+        out[name] = m.group(1) if m else None
+    return out
+
+
+def documented_default(name: str) -> str:
+    value = documented_variables().get(name)
+    if value is None:
+        raise CheckFailed(f"{rel(INTERFACE_DOC)}: no default documented for {name}")
+    return value
+
+
+class Metric:
+    """One row of the metrics table, or one metric registered in the code."""
+
+    def __init__(self, kind: str, labels: frozenset[str], stability: str = ""):
+        self.kind, self.labels, self.stability = kind, labels, stability
+
+
+def documented_metrics() -> dict[str, Metric]:
+    out: dict[str, Metric] = {}
+    for row in interface_table(METRICS_TABLE):
+        name = _first_backticked(row[0], METRICS_TABLE)
+        kind = row[1].strip().lower()
+        if kind not in ("counter", "gauge", "histogram"):
+            raise CheckFailed(f"{rel(INTERFACE_DOC)}: {name}: type must be counter, gauge or "
+                              f"histogram, got {row[1]!r}")
+        stability = row[3].strip().lower()
+        if stability not in ("fixed", "extra"):
+            raise CheckFailed(f"{rel(INTERFACE_DOC)}: {name}: stability must be fixed or extra, "
+                              f"got {row[3]!r}")
+        if name in out:
+            raise CheckFailed(f"{rel(INTERFACE_DOC)}: {name} is listed twice")
+        out[name] = Metric(kind, frozenset(_BACKTICKED.findall(row[2])), stability)
+    return out
+
+
+def documented_headers() -> set[str]:
+    return {_first_backticked(row[0], HEADERS_TABLE) for row in interface_table(HEADERS_TABLE)}
+
+
+def documented_reasons() -> set[str]:
+    """The reasons of the outcomes table (dead-letter and skip reasons)."""
+    return {r for row in interface_table(OUTCOMES_TABLE) for r in _BACKTICKED.findall(row[2])}
+
+
+class Defaults:
+    """The documented defaults the deploy files are written for."""
+
+    def __init__(self) -> None:
+        split = lambda name: tuple(  # noqa: E731
+            v.strip() for v in documented_default(name).split(",") if v.strip())
+        self.queue = documented_default("LINKER_QUEUE")
+        self.exchange = documented_default("LINKER_EXCHANGE")
+        self.routing_keys = split("LINKER_ROUTING_KEYS")
+        self.retry_delays = split("LINKER_RETRY_DELAYS")
+        self.delivery_limit = int(documented_default("LINKER_DELIVERY_LIMIT"))
+        self.shutdown_grace = documented_default("LINKER_SHUTDOWN_GRACE")
+        self.http_port = int(documented_default("LINKER_HTTP_ADDR").rsplit(":", 1)[1])
+
+
+def defaults() -> Defaults:
+    return Defaults()
+
+
+# ---- the same, read from the code -------------------------------------------------
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise CheckFailed(f"{rel(path)} is missing")
+    text = path.read_text(encoding="utf-8")
+    return text.split("#[cfg(test)]", 1)[0]  # unit tests are not the interface
+
+
+def code_variables() -> set[str]:
+    """LINKER_* names used in src/config.rs (outside its tests)."""
+    return set(re.findall(r"\bLINKER_[A-Z][A-Z0-9_]*[A-Z0-9]\b", _read(CONFIG_RS)))
+
+
+_RUST_VALUE = r'("(?:[^"\\]|\\.)*"|[A-Za-z0-9_.]+)'
+
+
+def _rust_value(token: str, consts: dict[str, str]) -> str:
+    if token.startswith('"'):
+        return token[1:-1]
+    if token in consts:
+        return consts[token]
+    return token.replace("_", "") if re.fullmatch(r"[0-9_]+", token) else token
+
+
+def code_defaults() -> dict[str, str]:
+    """Default of each LINKER_* variable in src/config.rs, where the code spells one out.
+
+    Recognised forms: a parse helper called as `helper("LINKER_X", raw.x, <default>)`
+    (or with a `const VAR: &str = "LINKER_X"` of the function), a `pub const DEFAULT_X`
+    for `LINKER_X`, and `x: match raw.x ... { None | Some("<default>") => ...`.
+    """
+    text = _read(CONFIG_RS)
+    consts = {m.group(1): m.group(2) for m in
+              re.finditer(r'pub const (DEFAULT_[A-Z_]+): &str\s*=\s*"((?:[^"\\]|\\.)*)";', text)}
+    # Functions naming their variable once, as `const VAR: &str = "LINKER_X";`.
+    chunks = re.split(r"\n(?=(?:pub )?(?:async )?fn )", text)
+    for i, chunk in enumerate(chunks):
+        m = re.search(r'const (\w+): &str = "(LINKER_[A-Z_]+)";', chunk)
+        if m:
+            chunks[i] = re.sub(rf"\b{m.group(1)}\b", f'"{m.group(2)}"', chunk)
+    text = "\n".join(chunks)
+    out: dict[str, str] = {}
+    for m in re.finditer(r'\b[a-z_]+\(\s*"(LINKER_[A-Z_]+)",\s*[^,()]+(?:\(\))?,\s*'
+                         + _RUST_VALUE + r"\s*,?\s*\)", text):
+        out[m.group(1)] = _rust_value(m.group(2), consts)
+    for name, value in consts.items():
+        out.setdefault("LINKER_" + name[len("DEFAULT_"):], value)
+    for m in re.finditer(r'\b([a-z_]+): match raw\.\w+[^{]*\{\s*None \| Some\("([^"]*)"\)', text):
+        out.setdefault("LINKER_" + m.group(1).upper(), m.group(2))
+    return out
+
+
+def code_metrics() -> dict[str, Metric]:
+    """Metrics registered in src/ops/metrics.rs, by exposed name (counters with _total)."""
+    text = _read(METRICS_RS)
+    label_structs = {m.group(1): frozenset(re.findall(r"\b(\w+)\s*:", m.group(2)))
+                     for m in re.finditer(r"struct (\w+)\s*\{([^}]*)\}", text)}
+    out: dict[str, Metric] = {}
+    for m in re.finditer(r'registry\.register\(\s*"(\w+)",\s*"(?:[^"\\]|\\.)*",\s*(\w+)\.clone\(\)',
+                         text):
+        name, var = m.group(1), m.group(2)
+        decl = re.search(rf"let (?:mut )?{var}\s*(?::[^=]+)?=\s*([^;]+);", text)
+        if not decl:
+            raise CheckFailed(f"{rel(METRICS_RS)}: cannot tell the type of {name} "
+                              f"(no `let {var} = ...`)")
+        expr = decl.group(1)
+        family = re.match(r"Family::<\s*(\w+)\s*,\s*(Counter|Gauge|Histogram)\s*>", expr)
+        plain = re.match(r"(Counter|Gauge|Histogram)\b", expr)
+        if family:
+            kind, labels = family.group(2).lower(), label_structs.get(family.group(1), frozenset())
+        elif plain:
+            kind, labels = plain.group(1).lower(), frozenset()
+        else:
+            raise CheckFailed(f"{rel(METRICS_RS)}: cannot tell the type of {name} from `{expr}`")
+        out[name + "_total" if kind == "counter" else name] = Metric(kind, labels)
+    if not out:
+        raise CheckFailed(f"{rel(METRICS_RS)}: no registry.register(...) calls found")
+    return out
+
+
+def code_headers() -> set[str]:
+    return set(re.findall(r'pub const \w+: &str = "(x-linker-[a-z-]+)";', _read(HEADERS_RS)))
+
+
+def code_reasons() -> set[str]:
+    """Dead-letter and skip reasons of src/domain/outcome.rs."""
+    return set(re.findall(r'(?:SkipReason|DeadLetterReason)::\w+ => "([a-z_]+)"', _read(OUTCOME_RS)))
 
 def load_json(path: Path):
     with open(path, encoding="utf-8") as f:

@@ -30,6 +30,9 @@ from base64 import b64encode
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import defaults  # noqa: E402
+
 EVENTS = 5
 KEY = "live-check-key-" + uuid.uuid4().hex[:8]
 MANAGEMENT = "http://127.0.0.1:15672/api"
@@ -167,7 +170,8 @@ def main() -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        for name in [queue, f"{queue}.dead"] + [f"{queue}.retry.{d}" for d in ("10s", "1m", "5m", "15m", "1h")]:
+        # The worker runs with the default ladder (docs/interface.md).
+        for name in [queue, f"{queue}.dead"] + [f"{queue}.retry.{d}" for d in defaults().retry_delays]:
             delete("queues", name)
         for name in [exchange, f"{queue}.dead"]:
             delete("exchanges", name)

@@ -9,7 +9,7 @@ Sources: the PromQL expressions of deploy/prometheus/alerts.yml,
 deploy/kubernetes/base/prometheusrule.yaml and deploy/grafana/dashboard.json
 (panel queries and template-variable queries).
 
-Names are printed as the contract writes them: the sample names minus a
+Names are printed as docs/interface.md writes them: the sample names minus a
 histogram's `_bucket`, `_sum` and `_count` suffix (so
 `identity_linker_api_request_duration_seconds_bucket` prints as
 `identity_linker_api_request_duration_seconds`); counters keep `_total`. A test

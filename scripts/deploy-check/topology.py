@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The worker's RabbitMQ topology (contract sections 1, 4 and 6) as RabbitMQ definitions.
+"""The worker's RabbitMQ topology (docs/interface.md, section 3) as RabbitMQ definitions.
 
     python3 scripts/deploy-check/topology.py --check   # verify the definitions files (check 7)
     python3 scripts/deploy-check/topology.py --write   # regenerate them after a default changes
@@ -24,13 +24,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from common import (
-    DEFAULT_DELIVERY_LIMIT,
-    DEFAULT_EXCHANGE,
-    DEFAULT_QUEUE,
-    DEFAULT_RETRY_DELAYS,
-    DEFAULT_ROUTING_KEYS,
     DEPLOY,
     CheckFailed,
+    defaults,
     duration_ms,
     fail_if,
     load_json,
@@ -45,12 +41,20 @@ TOPOLOGY_KEYS = ("exchanges", "queues", "bindings")
 
 
 def expected_topology(
-    queue: str = DEFAULT_QUEUE,
-    exchange: str = DEFAULT_EXCHANGE,
-    routing_keys=DEFAULT_ROUTING_KEYS,
-    retry_delays=DEFAULT_RETRY_DELAYS,
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    queue: str | None = None,
+    exchange: str | None = None,
+    routing_keys=None,
+    retry_delays=None,
+    delivery_limit: int | None = None,
 ) -> dict:
+    """The topology the worker declares; unset arguments take the defaults documented in
+    docs/interface.md (check_interface.py keeps them equal to src/config.rs)."""
+    d = defaults()
+    queue = d.queue if queue is None else queue
+    exchange = d.exchange if exchange is None else exchange
+    routing_keys = d.routing_keys if routing_keys is None else routing_keys
+    retry_delays = d.retry_delays if retry_delays is None else retry_delays
+    delivery_limit = d.delivery_limit if delivery_limit is None else delivery_limit
     dead = f"{queue}.dead"
     exchanges = [
         {"name": exchange, "vhost": VHOST, "type": "topic", "durable": True,
