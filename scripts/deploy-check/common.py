@@ -20,7 +20,8 @@ DEPLOY = REPO / "deploy"
 INTERFACE_DOC = REPO / "docs" / "interface.md"
 
 # Where the code defines the same things.
-CONFIG_RS = REPO / "src" / "config.rs"
+# The configuration module: its section types and its value parsers.
+CONFIG_RS = REPO / "src" / "config"
 METRICS_RS = REPO / "src" / "ops" / "metrics.rs"
 HEADERS_RS = REPO / "src" / "broker" / "headers.rs"
 OUTCOME_RS = REPO / "src" / "domain" / "outcome.rs"
@@ -204,10 +205,12 @@ def defaults() -> Defaults:
 # ---- the same, read from the code -------------------------------------------------
 
 def _read(path: Path) -> str:
-    if not path.is_file():
+    """A source file, or every .rs file of a module folder, without unit tests."""
+    files = sorted(path.glob("*.rs")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
         raise CheckFailed(f"{rel(path)} is missing")
-    text = path.read_text(encoding="utf-8")
-    return text.split("#[cfg(test)]", 1)[0]  # unit tests are not the interface
+    # Unit tests are not the interface.
+    return "\n".join(f.read_text(encoding="utf-8").split("#[cfg(test)]", 1)[0] for f in files)
 
 
 def code_variables() -> set[str]:
@@ -236,6 +239,9 @@ def code_defaults() -> dict[str, str]:
     text = _read(CONFIG_RS)
     consts = {m.group(1): m.group(2) for m in
               re.finditer(r'pub const (DEFAULT_[A-Z_]+): &str\s*=\s*"((?:[^"\\]|\\.)*)";', text)}
+    # Numbers that must be at least 1: `const DEFAULT_X: NonZeroU16 = NonZeroU16::new(256).unwrap();`
+    consts.update({m.group(1): m.group(2) for m in
+                   re.finditer(r'const (DEFAULT_[A-Z_]+): NonZero\w+\s*=\s*NonZero\w+::new\((\d+)\)', text)})
     # Functions naming their variable once, as `const VAR: &str = "LINKER_X";`.
     chunks = re.split(r"\n(?=(?:pub )?(?:async )?fn )", text)
     for i, chunk in enumerate(chunks):
