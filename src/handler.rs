@@ -114,3 +114,6 @@ impl Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
