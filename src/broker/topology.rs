@@ -115,22 +115,19 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.dead_letter.as_str().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
+        for (exchange, kind) in [
+            (&self.exchange, ExchangeKind::Topic),
+            (&self.dead_letter, ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    kind,
+                    durable_exchange,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .queue_declare(
                 self.dead_letter.as_str().into(),

@@ -15,8 +15,8 @@ use serde::Deserialize;
 pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
 use self::values::{
-    amqp_url, boolean, duration, endpoint_url, list, name, non_zero, number, parsed, pointers,
-    positive_duration, retry_ladder, secret_key,
+    amqp_url, at_least_one, boolean, duration, endpoint_url, list, name, non_zero, number, parsed,
+    pointers, positive_duration, retry_ladder, secret_key,
 };
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
@@ -277,11 +277,10 @@ impl BrokerConfig {
                 DEFAULT_PREFETCH,
                 "must be at least 1 (0 would mean unlimited deliveries in memory)",
             )?,
-            delivery_limit: non_zero(
+            delivery_limit: at_least_one(
                 "LINKER_DELIVERY_LIMIT",
                 raw.delivery_limit.clone(),
                 DEFAULT_DELIVERY_LIMIT,
-                "must be at least 1",
             )?,
             amqp_url: amqp_url(raw.amqp_url.clone())?,
             exchange: names.exchange,
@@ -301,11 +300,10 @@ impl LinkConfig {
         raw: &RawEnv,
         (endpoint_url, secret_key): (reqwest::Url, SecretKey),
     ) -> Result<Self, ConfigError> {
-        let concurrency = non_zero(
+        let concurrency = at_least_one(
             "LINKER_CONCURRENCY",
             raw.concurrency.clone(),
             DEFAULT_CONCURRENCY,
-            "must be at least 1",
         )?;
         Ok(Self {
             endpoint_url,
@@ -329,11 +327,10 @@ impl LinkConfig {
 impl RetryConfig {
     fn from_raw(raw: &RawEnv, ladder: RetryLadder) -> Result<Self, ConfigError> {
         Ok(Self {
-            circuit_failure_threshold: non_zero(
+            circuit_failure_threshold: at_least_one(
                 "LINKER_CIRCUIT_FAILURE_THRESHOLD",
                 raw.circuit_failure_threshold.clone(),
                 DEFAULT_CIRCUIT_FAILURE_THRESHOLD,
-                "must be at least 1",
             )?,
             circuit_probe_interval: positive_duration(
                 "LINKER_CIRCUIT_PROBE_INTERVAL",

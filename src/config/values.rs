@@ -257,6 +257,19 @@ where
         .map_err(|e| ConfigError::new(variable, format!("`{text}` is not a valid number: {e}")))
 }
 
+/// [`non_zero`] with the usual message.
+pub(super) fn at_least_one<T>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + Copy,
+    T::Err: fmt::Display,
+{
+    non_zero(variable, value, default, "must be at least 1")
+}
+
 /// A duration that must be above zero.
 pub(super) fn positive_duration(
     variable: &'static str,

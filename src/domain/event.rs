@@ -324,22 +324,18 @@ mod tests {
     #[test]
     fn event_id_and_time() {
         let parsed = parse(br#"{"eventId":"e-1","occurredAt":"2026-01-02T03:04:05Z","anonymousId":"a","userId":"u"}"#);
+        let epoch_secs = |parsed: &ParsedEvent| {
+            parsed
+                .occurred_at
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
         assert_eq!(parsed.event_id.as_deref(), Some("e-1"));
-        let secs = parsed
-            .occurred_at
-            .unwrap()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert_eq!(secs, 1_767_323_045);
+        assert_eq!(epoch_secs(&parsed), 1_767_323_045);
         let ms = parse(br#"{"timestamp":1767323045000,"anonymousId":"a","userId":"u"}"#);
-        let secs = ms
-            .occurred_at
-            .unwrap()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert_eq!(secs, 1_767_323_045);
+        assert_eq!(epoch_secs(&ms), 1_767_323_045);
         let meta = EventMeta {
             message_id: Some("m-9".into()),
         };

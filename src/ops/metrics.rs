@@ -65,6 +65,22 @@ pub struct Metrics {
     pub circuit_open: Gauge,
 }
 
+/// A counter family by reason, every reason exported from the start (at 0),
+/// so rates and alerts need no `absent()`.
+fn reason_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    reasons: impl IntoIterator<Item = &'static str>,
+) -> Family<ReasonLabels, Counter> {
+    let family = Family::<ReasonLabels, Counter>::default();
+    registry.register(name, help, family.clone());
+    for reason in reasons {
+        let _ = family.get_or_create(&ReasonLabels { reason });
+    }
+    family
+}
+
 impl Metrics {
     pub fn new(routing_keys: &[String]) -> Self {
         let mut registry = Registry::default();
@@ -88,28 +104,18 @@ impl Metrics {
             })
             .collect();
 
-        let dead_lettered = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let dead_lettered = reason_family(
+            &mut registry,
             "identity_linker_dead_lettered",
             "Messages dead-lettered, by reason",
-            dead_lettered.clone(),
+            DeadLetterReason::ALL.map(DeadLetterReason::as_str),
         );
-        for reason in DeadLetterReason::ALL {
-            let _ = dead_lettered.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
-        let skipped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let skipped = reason_family(
+            &mut registry,
             "identity_linker_skipped",
             "Messages acked without a link call, by reason",
-            skipped.clone(),
+            SkipReason::ALL.map(SkipReason::as_str),
         );
-        for reason in SkipReason::ALL {
-            let _ = skipped.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
         let retries = Family::<KindLabels, Counter>::default();
         registry.register(
             "identity_linker_retries",
