@@ -1,7 +1,8 @@
 //! One broker session: a connection, a consuming channel with prefetch, and
 //! a publishing channel in confirm mode.
 
-use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::types::LongString;
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -95,4 +96,19 @@ pub async fn open_confirm_channel(connection: &Connection) -> lapin::Result<Chan
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// Messages ready in `queue` (a passive declare: fails if it does not exist).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
 }

@@ -11,12 +11,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{Channel, Connection};
 use serde::Serialize;
 
-use super::connection::open_confirm_channel;
+use super::connection::{open_confirm_channel, queue_depth};
 use super::headers;
 use super::publisher::{PublishError, Publisher};
 use super::topology::Topology;
@@ -92,20 +91,6 @@ fn view(delivery: &lapin::message::Delivery) -> DeadLetterView {
     }
 }
 
-async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
-}
-
 /// Reads up to `limit` messages without removing them; they go back when
 /// the returned channel is closed.
 /// Also returns the queue's depth before looking.
@@ -116,7 +101,7 @@ async fn browse(
 ) -> Result<(Channel, Vec<lapin::message::Delivery>, u32), lapin::Error> {
     let channel = connection.create_channel().await?;
     let mut seen = Vec::new();
-    let depth = depth(&channel, queue).await?;
+    let depth = queue_depth(&channel, queue).await?;
     while seen.len() < limit.min(depth as usize) {
         match channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
@@ -140,7 +125,7 @@ async fn put_back(connection: &Connection, channel: Channel, queue: &str, expect
     };
     let deadline = Instant::now() + PUT_BACK_WAIT;
     while Instant::now() < deadline {
-        match depth(&check, queue).await {
+        match queue_depth(&check, queue).await {
             Ok(n) if n < expected => tokio::time::sleep(Duration::from_millis(20)).await,
             // Back (or the queue is gone, which closed the channel): done.
             _ => break,

@@ -1,4 +1,4 @@
-//! The `x-linker-*` headers (contract sections 4 and 6).
+//! The `x-linker-*` headers (docs/interface.md, "Headers").
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -12,7 +12,7 @@ pub const FAILED_AT: &str = "x-linker-failed-at";
 /// Reason shown for messages the broker dead-lettered itself (`x-delivery-limit`).
 pub const DELIVERY_LIMIT_REASON: &str = "delivery_limit";
 
-/// Contract section 6: `x-linker-error` is at most 1 KiB.
+/// `x-linker-error` is at most 1 KiB.
 pub const MAX_ERROR_BYTES: usize = 1024;
 
 pub fn get<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {

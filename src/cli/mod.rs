@@ -1,4 +1,4 @@
-//! The command line (contract section 9).
+//! The command line (docs/interface.md, "Command line").
 
 mod check_config;
 #[cfg(feature = "demo")]
@@ -87,7 +87,7 @@ enum DlqCommand {
     },
 }
 
-/// Exit status for a configuration error (contract section 7).
+/// Exit status for a configuration error.
 pub const EXIT_CONFIG: u8 = 2;
 
 fn config_error(error: &ConfigError) -> ExitCode {

@@ -421,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_contract() {
+    fn defaults_are_the_documented_ones() {
         let config = Config::from_vars(vars(&[])).unwrap();
         assert_eq!(config.broker.queue, "identity-linker");
         assert_eq!(config.broker.exchange, "auth.events");

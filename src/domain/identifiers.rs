@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// Longest identifier accepted, in bytes (contract section 2).
+/// Longest identifier accepted, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 512;
 
 /// Why a value found at a pointer cannot be an identifier.

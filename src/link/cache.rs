@@ -1,4 +1,4 @@
-//! Pairs seen linked, so repeated logins make no call (contract section 3).
+//! Pairs seen linked, so repeated logins make no call (docs/interface.md, "Outcomes").
 //!
 //! Bounded by capacity and TTL. Keys are 128-bit keyed hashes of the pair:
 //! 24 bytes per entry (key and expiry) instead of two strings, and with random

@@ -15,7 +15,7 @@ use crate::ops::metrics::Metrics;
 
 /// Longest piece of a response body kept in an error message.
 const MAX_BODY_IN_ERROR: usize = 300;
-/// Contract section 4: a Retry-After is honoured up to 60 s.
+/// A Retry-After is honoured up to 60 s.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Why a call did not succeed, already classified into its [`Verdict`].

@@ -1,4 +1,4 @@
-//! Prometheus metrics (contract section 8). Label values come from small fixed
+//! Prometheus metrics (docs/interface.md, "Metrics"). Label values come from small fixed
 //! sets only; the hot path uses pre-resolved handles, not label lookups.
 
 use std::time::Duration;
@@ -330,7 +330,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_contract_name_is_exported() {
+    fn every_documented_name_is_exported() {
         let metrics = Metrics::new(&["user.signed_up".into(), "user.logged_in".into()]);
         metrics.count_message("user.logged_in", OutcomeLabel::Linked);
         metrics.count_api_request(Some(200), Duration::from_millis(3));
