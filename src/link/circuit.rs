@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::watch;
 
-use super::client::CallError;
+use super::policy::CallError;
 use super::policy::TargetHealth;
 use crate::domain::LinkEvent;
 use crate::ops::metrics::Metrics;

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
-use super::policy::Verdict;
+use super::policy::{CallError, Verdict};
 use crate::config::{LinkConfig, SecretKey};
 use crate::domain::{LinkEvent, LinkResult};
 use crate::ops::metrics::Metrics;
@@ -17,35 +17,6 @@ use crate::ops::metrics::Metrics;
 const MAX_BODY_IN_ERROR: usize = 300;
 /// A Retry-After is honoured up to 60 s.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// Why a call did not succeed, already classified into its [`Verdict`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct CallError {
-    pub verdict: Verdict,
-    /// The HTTP status, if an answer came.
-    pub status: Option<u16>,
-    /// For logs and `x-linker-error`; never holds the key.
-    pub message: String,
-}
-
-impl CallError {
-    /// No answer came (connect error, timeout, cut connection).
-    fn no_answer(message: String) -> Self {
-        Self {
-            verdict: Verdict::RetryAfter(None),
-            status: None,
-            message,
-        }
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self.verdict {
-            Verdict::RetryAfter(after) => after,
-            _ => None,
-        }
-    }
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

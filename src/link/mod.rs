@@ -12,7 +12,7 @@ mod single_flight;
 
 pub use cache::LinkedCache;
 pub use circuit::{Circuit, TripReason};
-pub use client::{CallError, LinkClient, parse_retry_after};
-pub use policy::{TargetHealth, Verdict};
+pub use client::{LinkClient, parse_retry_after};
+pub use policy::{CallError, TargetHealth, Verdict};
 pub use probe::probe_loop;
 pub use single_flight::Linker;

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use super::client::CallError;
 use crate::domain::{DeadLetterReason, Outcome, RetryLadder};
 
 /// The one reading of a failed call, used by every caller: the handler, the
@@ -19,6 +18,35 @@ pub enum Verdict {
     Reject,
     /// 401/403: the key is refused; no message is at fault.
     KeyRefused,
+}
+
+/// Why a call did not succeed, already classified into its [`Verdict`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CallError {
+    pub verdict: Verdict,
+    /// The HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// For logs and `x-linker-error`; never holds the key.
+    pub message: String,
+}
+
+impl CallError {
+    /// No answer came (connect error, timeout, cut connection).
+    pub(super) fn no_answer(message: String) -> Self {
+        Self {
+            verdict: Verdict::RetryAfter(None),
+            status: None,
+            message,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.verdict {
+            Verdict::RetryAfter(after) => after,
+            _ => None,
+        }
+    }
 }
 
 /// What one answer says about the target, for the circuit breaker.

@@ -15,8 +15,9 @@ use tokio::sync::watch;
 
 use super::cache::LinkedCache;
 use super::circuit::Circuit;
-use super::client::{CallError, LinkClient};
+use super::client::LinkClient;
 use super::policy;
+use super::policy::CallError;
 use crate::domain::{AnonymousId, LinkEvent, LinkResult, UserId};
 use crate::ops::metrics::Metrics;
 
