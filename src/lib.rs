@@ -2,13 +2,18 @@
 //! identity in MonetizationOS, driven by auth events from RabbitMQ.
 //!
 //! Layout follows the flow of one message:
-//! - `config`: the environment, parsed once into typed settings.
-//! - `domain`: the event, its identifiers and the outcome of handling it (no I/O).
+//! - `config`: the environment, parsed once into sections (broker, events,
+//!   link, retry, ops); each component is built from its own.
+//! - `domain`: the event, its identifiers, the retry ladder and the outcome of
+//!   handling it (no I/O).
 //! - `handler`: the per-message decision `handle(..) -> Outcome`.
-//! - `link`: the output side, the MonetizationOS client and the worker's half of
-//!   check-then-create (single flight + linked cache).
-//! - `broker`: the input side, topology, consumer loop, confirmed re-publishing, DLQ tools.
-//! - `ops`: metrics, HTTP endpoints, readiness, circuit breaker, telemetry, shutdown.
+//! - `link`: the output side: the MonetizationOS client, the worker's half of
+//!   check-then-create (single flight + linked cache), and the link policy
+//!   (what an answer means, retries, the circuit breaker and its probe).
+//! - `broker`: the input side: topology, the consume loop, settling a delivery
+//!   (one `Settlement`, confirmed copies, coalesced acks), DLQ tools.
+//! - `ops`: metrics, the one record of each outcome (log + metric), HTTP
+//!   endpoints, readiness, telemetry, shutdown.
 //! - `app`: wires it together (build, then run until stopped).
 //! - `cli`: the subcommands of the binary.
 
