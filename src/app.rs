@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::connection::BrokerSession;
 use crate::broker::consumer::{Consumer, SessionEnd};
+use crate::broker::partitions::PartitionActivity;
 use crate::broker::settle::Pipeline;
 use crate::broker::topology::Topology;
 use crate::config::Config;
@@ -29,6 +30,8 @@ use crate::ops::readiness::Readiness;
 /// 30 s cap); an attempt every 5 s per replica costs the broker nothing.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How long aborted deliveries get to let go before the channel is closed.
+const LET_GO_WAIT: Duration = Duration::from_secs(2);
 /// A session that ran this long resets the reconnect backoff.
 const SESSION_HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
@@ -50,6 +53,7 @@ pub struct Application {
     readiness: Arc<Readiness>,
     linker: Arc<Linker>,
     pipeline: Arc<Pipeline>,
+    activity: Arc<PartitionActivity>,
     listener: TcpListener,
     ops_addr: SocketAddr,
 }
@@ -81,6 +85,11 @@ impl Application {
             topology: Topology::new(&config.broker, &config.retry.ladder),
             metrics: metrics.clone(),
         });
+        let activity = Arc::new(PartitionActivity::new(
+            pipeline.topology.partitions.len(),
+            metrics.clone(),
+            readiness.clone(),
+        ));
         let addr = config.ops.http_addr;
         let bind_error = |source| StartError::Bind { addr, source };
         let listener = http::bind(addr).await.map_err(bind_error)?;
@@ -92,6 +101,7 @@ impl Application {
             readiness,
             linker,
             pipeline,
+            activity,
             listener,
             ops_addr,
         })
@@ -166,6 +176,8 @@ impl Application {
                 permits: &permits,
                 tasks: &tasks,
                 stop: &stop,
+                replica_id: &self.config.broker.replica_id,
+                activity: &self.activity,
             };
             match consumer.run().await {
                 SessionEnd::Stopped => {
@@ -173,6 +185,7 @@ impl Application {
                     let deadline = Instant::now() + self.config.ops.shutdown_grace;
                     shutdown_deadline = Some(deadline);
                     drain(&tasks, deadline).await;
+                    let_go(&session, &tasks).await;
                     session.close().await;
                     self.readiness.set_connected(false);
                     break;
@@ -185,7 +198,9 @@ impl Application {
                         backoff = RECONNECT_MIN;
                     }
                     tracing::warn!(%reason, retry_in = ?backoff, "broker session lost; reconnecting");
-                    // Close what is left; unacked deliveries go back to the queue.
+                    // Let go of what is left (the broker redelivers it, maybe to
+                    // another replica, so no call of ours may still be running), then close.
+                    let_go(&session, &tasks).await;
                     session.close().await;
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -212,6 +227,19 @@ impl Application {
 fn jittered(delay: Duration) -> Duration {
     let half = u64::try_from(delay.as_nanos() / 2).unwrap_or(u64::MAX);
     Duration::from_nanos(half.saturating_add(rand::random_range(0..=half)))
+}
+
+/// Aborts the session's deliveries still in hand: a task waiting on the
+/// endpoint stops waiting and leaves its delivery unacked. Returns once they
+/// are gone (they end at their next await), bounded in case one does not.
+async fn let_go(session: &BrokerSession, tasks: &TaskTracker) {
+    session.abort.cancel();
+    let _ = tokio::time::timeout(LET_GO_WAIT, async {
+        while !tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }
 
 /// Waits for in-flight messages until `deadline` (the grace period from the

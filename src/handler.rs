@@ -1,12 +1,16 @@
-//! The per-message decision: `handle(message) -> Outcome`. No broker here
-//! (its unit tests below run it against an in-process mos-sim); the consumer
+//! The per-message decision: `prepare` (parse, and decide what needs no
+//! call) then `finish` (route to the visitor's partition, or link). No broker
+//! here (its unit tests run it against an in-process mos-sim); the consumer
 //! turns the outcome into a settlement, and `ops::record` logs and counts it.
 
+use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::config::EventConfig;
 use crate::domain::{
-    EventMeta, LinkResult, Outcome, ParsedEvent, Rejection, RetryLadder, SkipReason, parse_event,
+    AnonymousId, EventMeta, LinkEvent, LinkResult, Outcome, ParsedEvent, Rejection, RetryLadder,
+    SkipReason, parse_event, partition_of,
 };
 use crate::link::{Circuit, Linker, policy};
 use crate::ops::telemetry::ident;
@@ -22,6 +26,16 @@ pub struct Inbound<'a> {
     pub attempts: u32,
 }
 
+/// What a consumer does with the events that need a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Consuming the work queue in partitioned mode: route them to their
+    /// visitor's partition (no call here).
+    Route(NonZeroU16),
+    /// Consuming a partition, or the work queue in direct mode: link them.
+    Link,
+}
+
 pub struct Handler {
     events: EventConfig,
     ladder: RetryLadder,
@@ -29,11 +43,34 @@ pub struct Handler {
     circuit: Arc<Circuit>,
 }
 
+/// A parsed delivery: decided already, or a pair still to link.
+pub struct Prepared {
+    pub event_id: Option<String>,
+    pub occurred_at: Option<SystemTime>,
+    pub attempts: u32,
+    pub next: Next,
+}
+
+pub enum Next {
+    Decided(Outcome),
+    Link(LinkEvent),
+}
+
 /// The outcome plus what parsing learned, for logs and metrics.
 pub struct Handled {
     pub outcome: Outcome,
     pub event_id: Option<String>,
-    pub occurred_at: Option<std::time::SystemTime>,
+    pub occurred_at: Option<SystemTime>,
+}
+
+impl Prepared {
+    /// The visitor whose events must keep their order, if the event needs a call.
+    pub fn visitor(&self) -> Option<&AnonymousId> {
+        match &self.next {
+            Next::Link(event) => Some(&event.anonymous),
+            Next::Decided(_) => None,
+        }
+    }
 }
 
 impl Handler {
@@ -51,7 +88,9 @@ impl Handler {
         }
     }
 
-    pub async fn handle(&self, message: Inbound<'_>) -> Handled {
+    /// Parses and decides what needs no call. Synchronous, so the consumer
+    /// can do it in delivery order and keep each visitor's events in order.
+    pub fn prepare(&self, message: Inbound<'_>) -> Prepared {
         let meta = EventMeta {
             message_id: message.message_id.map(str::to_owned),
         };
@@ -66,7 +105,7 @@ impl Handler {
             &self.events.user_id_pointers,
             &self.events.blocklist,
         );
-        let outcome = match result {
+        let next = match result {
             Err(Rejection::Skip(reason)) => {
                 if reason == SkipReason::BlockedIdentifier {
                     tracing::warn!(
@@ -75,42 +114,78 @@ impl Handler {
                         "skipped an event whose identifier is on the blocklist; the producer sends a placeholder as an identifier"
                     );
                 }
-                Outcome::Skipped(reason)
+                Next::Decided(Outcome::Skipped(reason))
             }
-            Err(Rejection::DeadLetter { reason, error }) => Outcome::DeadLetter { reason, error },
-            Ok(event) => {
-                if self.linker.known_linked(&event) {
-                    Outcome::Linked(LinkResult::AlreadyLinked)
-                } else if self.circuit.is_open() {
-                    Outcome::HandBack {
-                        error: "circuit open".to_owned(),
-                    }
-                } else {
-                    let request_id = event_id
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                    tracing::debug!(
-                        event_id = %request_id,
-                        anonymous = %ident(event.anonymous.as_str()),
-                        user = %ident(event.user.as_str()),
-                        "linking"
-                    );
-                    match self.linker.link(&event, &request_id).await {
-                        Ok(result) => Outcome::Linked(result),
-                        Err(error) => policy::after_failure(
-                            error,
-                            self.circuit.is_open(),
-                            &self.ladder,
-                            message.attempts,
-                        ),
-                    }
-                }
+            Err(Rejection::DeadLetter { reason, error }) => {
+                Next::Decided(Outcome::DeadLetter { reason, error })
             }
+            Ok(event) => Next::Link(event),
+        };
+        Prepared {
+            event_id,
+            occurred_at,
+            attempts: message.attempts,
+            next,
+        }
+    }
+
+    /// Finishes a prepared delivery in this consumer's role.
+    pub async fn finish(&self, prepared: Prepared, role: Role) -> Handled {
+        let Prepared {
+            event_id,
+            occurred_at,
+            attempts,
+            next,
+        } = prepared;
+        let outcome = match next {
+            Next::Decided(outcome) => outcome,
+            Next::Link(event) => self.link(event, event_id.as_deref(), attempts, role).await,
         };
         Handled {
             outcome,
             event_id,
             occurred_at,
+        }
+    }
+
+    /// [`Handler::prepare`] then [`Handler::finish`] as a linking consumer.
+    pub async fn handle(&self, message: Inbound<'_>) -> Handled {
+        let prepared = self.prepare(message);
+        self.finish(prepared, Role::Link).await
+    }
+
+    async fn link(
+        &self,
+        event: LinkEvent,
+        event_id: Option<&str>,
+        attempts: u32,
+        role: Role,
+    ) -> Outcome {
+        if self.linker.known_linked(&event) {
+            return Outcome::Linked(LinkResult::AlreadyLinked);
+        }
+        if let Role::Route(partitions) = role {
+            return Outcome::Route {
+                partition: partition_of(&event.anonymous, partitions),
+            };
+        }
+        if self.circuit.is_open() {
+            return Outcome::HandBack {
+                error: "circuit open".to_owned(),
+            };
+        }
+        let request_id = event_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        tracing::debug!(
+            event_id = %request_id,
+            anonymous = %ident(event.anonymous.as_str()),
+            user = %ident(event.user.as_str()),
+            "linking"
+        );
+        match self.linker.link(&event, &request_id).await {
+            Ok(result) => Outcome::Linked(result),
+            Err(error) => {
+                policy::after_failure(error, self.circuit.is_open(), &self.ladder, attempts)
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct BrokerSession {
     pub publisher: Publisher,
     /// Set when this session can no longer settle messages; it is then replaced.
     pub broken: tokio_util::sync::CancellationToken,
+    /// Set when the deliveries still in hand must be let go (see `SessionContext::abort`).
+    pub abort: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,7 @@ impl BrokerSession {
             consume,
             publisher: Publisher::new(publish),
             broken: tokio_util::sync::CancellationToken::new(),
+            abort: tokio_util::sync::CancellationToken::new(),
         })
     }
 

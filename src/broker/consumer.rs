@@ -1,21 +1,28 @@
-//! The consume loop: take deliveries (bounded by prefetch and a semaphore)
-//! and hand each to its own task, which settles it (`settle.rs`). While the
-//! circuit is open no deliveries are taken at all.
+//! The consume loop of one broker session: one consumer per source queue (the
+//! work queue, and in partitioned mode every partition queue, each with a
+//! single active consumer across all replicas), deliveries parsed in
+//! delivery order and handed to their own tasks, which settle them
+//! (`settle.rs`). While the circuit is open no deliveries are taken at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::{BoxStream, SelectAll};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acks::AckBatcher;
 use super::connection::BrokerSession;
-use super::settle::{Pipeline, SessionContext, settle};
+use super::headers;
+use super::partitions::{PartitionActivity, consumer_priority};
+use super::settle::{InHand, Pipeline, Route, SessionContext, Source, settle};
+use super::turns::Turns;
+use crate::handler::{Inbound, Role};
 use crate::link::Circuit;
 use crate::ops::readiness::Readiness;
 
@@ -34,23 +41,51 @@ pub struct Consumer<'a> {
     pub permits: &'a Arc<Semaphore>,
     pub tasks: &'a TaskTracker,
     pub stop: &'a CancellationToken,
+    /// This replica's id, which weighs its claim on each partition.
+    pub replica_id: &'a str,
+    pub activity: &'a PartitionActivity,
 }
+
+/// The queues this replica consumes, and each consumer's role.
+pub fn sources(pipeline: &Pipeline) -> Vec<Source> {
+    let topology = &pipeline.topology;
+    let partitions = u16::try_from(topology.partitions.len())
+        .ok()
+        .and_then(std::num::NonZeroU16::new);
+    let work = Source {
+        queue: topology.queue.clone(),
+        role: partitions.map_or(Role::Link, Role::Route),
+        partition: None,
+    };
+    std::iter::once(work)
+        .chain((0u16..).zip(&topology.partitions).map(|(i, queue)| Source {
+            queue: queue.clone(),
+            role: Role::Link,
+            partition: Some(i),
+        }))
+        .collect()
+}
+
+type Deliveries = SelectAll<BoxStream<'static, (usize, lapin::Result<Delivery>)>>;
 
 /// Hands deliveries of one session to their tasks. The session context
 /// starts at the first delivery: its tag is where the channel's tags begin,
 /// which the ack batcher needs.
 struct Dispatch<'a> {
     consumer: &'a Consumer<'a>,
+    sources: Arc<[Source]>,
     context: Option<Arc<SessionContext>>,
+    turns: Arc<Turns>,
 }
 
 impl Dispatch<'_> {
-    fn spawn(&mut self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+    fn spawn(&mut self, source: usize, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
         let received = Instant::now();
         let Consumer {
             session,
             pipeline,
             tasks,
+            activity,
             ..
         } = self.consumer;
         let context = self
@@ -60,111 +95,110 @@ impl Dispatch<'_> {
                     pipeline: Arc::clone(pipeline),
                     publisher: session.publisher.clone(),
                     broken: session.broken.clone(),
+                    abort: session.abort.clone(),
                     acks: AckBatcher::start(session.consume.clone(), delivery.delivery_tag),
                 })
             })
             .clone();
-        tasks.spawn(async move { settle(&context, delivery, received, permit).await });
+        if let Some(partition) = self.sources[source].partition {
+            activity.delivered(partition);
+        }
+        let props = &delivery.properties;
+        let (exchange, routing_key) = headers::original_route(
+            props,
+            delivery.exchange.as_str(),
+            delivery.routing_key.as_str(),
+        );
+        let route = Route {
+            exchange,
+            routing_key,
+        };
+        // Parsed here, in delivery order, so each visitor's turn is taken in order.
+        let prepared = pipeline.handler.prepare(Inbound {
+            body: &delivery.data,
+            event_type: &route.routing_key,
+            message_id: props.message_id().as_ref().map(|s| s.as_str()),
+            attempts: headers::get_u32(props, headers::ATTEMPTS),
+        });
+        let turn = self.turns.take(prepared.visitor());
+        let sources = Arc::clone(&self.sources);
+        let in_hand = InHand {
+            delivery,
+            route,
+            prepared,
+            turn,
+            received,
+            permit,
+        };
+        tasks.spawn(async move { settle(&context, &sources[source], in_hand).await });
     }
 }
 
 impl Consumer<'_> {
     /// Consumes until `stop`, or until the connection is lost.
     pub async fn run(&self) -> SessionEnd {
-        let Consumer {
-            session,
-            pipeline,
-            readiness,
-            stop,
-            ..
-        } = self;
+        let sources: Arc<[Source]> = sources(self.pipeline).into();
         let mut circuit_state = self.circuit.subscribe();
         let mut dispatch = Dispatch {
             consumer: self,
+            sources: Arc::clone(&sources),
             context: None,
+            turns: Arc::default(),
         };
         loop {
             if *circuit_state.borrow_and_update() {
-                readiness.set_consuming(false);
+                self.readiness.set_consuming(false);
                 if let Some(end) = self.wait_for_circuit(&mut circuit_state).await {
                     return end;
                 }
             }
-            let tag = format!("identity-link-worker-{}", uuid::Uuid::new_v4());
-            let mut consumer = match session
-                .consume
-                .basic_consume(
-                    pipeline.topology.queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-            {
-                Ok(consumer) => consumer,
+            let (tags, mut deliveries) = match self.consume(&sources).await {
+                Ok(consuming) => consuming,
                 Err(error) => return SessionEnd::Lost(format!("cannot start consuming: {error}")),
             };
-            readiness.set_consuming(true);
-            tracing::info!(queue = %pipeline.topology.queue, "consuming");
-
-            // A broken publishing channel (e.g. a channel error from a deleted
-            // exchange) would make every settle fail; reconnect and redeclare instead.
-            let mut health = tokio::time::interval(Duration::from_secs(1));
-            let broken = session.broken.clone();
-            let paused = loop {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => break false,
-                    _ = async { circuit_state.wait_for(|open| *open).await.map(|_| ()) } => break true,
-                    _ = broken.cancelled() => {
-                        readiness.set_consuming(false);
-                        return SessionEnd::Lost("a confirmed copy could not be published".into());
-                    }
-                    _ = health.tick() => {
-                        if !session.publisher.channel().status().connected() || !session.consume.status().connected() {
-                            readiness.set_consuming(false);
-                            return SessionEnd::Lost("a broker channel was closed".into());
-                        }
-                    }
-                    next = consumer.next() => match next {
-                        Some(Ok(delivery)) => {
-                            let permit = tokio::select! {
-                                _ = stop.cancelled() => break false,
-                                permit = self.permits.clone().acquire_owned() => match permit {
-                                    Ok(permit) => permit,
-                                    Err(_) => break false,
-                                },
-                            };
-                            dispatch.spawn(delivery, Some(permit));
-                        }
-                        Some(Err(error)) => {
-                            readiness.set_consuming(false);
-                            return SessionEnd::Lost(format!("delivery stream failed: {error}"));
-                        }
-                        None => {
-                            readiness.set_consuming(false);
-                            return SessionEnd::Lost("the broker cancelled the consumer (queue deleted?)".into());
-                        }
-                    },
-                }
-            };
-            readiness.set_consuming(false);
-            if let Err(error) = session
-                .consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            self.readiness.set_consuming(true);
+            tracing::info!(
+                queue = %self.pipeline.topology.queue,
+                partitions = self.pipeline.topology.partitions.len(),
+                "consuming"
+            );
+            let paused = match self
+                .take(&mut deliveries, &mut dispatch, &mut circuit_state)
                 .await
             {
-                return SessionEnd::Lost(format!("cannot cancel the consumer: {error}"));
-            }
+                Ok(paused) => paused,
+                Err(end) => {
+                    self.readiness.set_consuming(false);
+                    return end;
+                }
+            };
+            self.readiness.set_consuming(false);
             if !paused {
+                // Stopping: no basic.cancel. With a single active consumer a cancel
+                // would let another replica start on the partition while our
+                // deliveries are still being worked; the channel is closed once
+                // they are done (or aborted), and the broker requeues the rest.
                 return SessionEnd::Stopped;
+            }
+            // The circuit opened: calls still running must end before another
+            // replica may take our partitions, so wait for them, then cancel.
+            self.wait_idle().await;
+            for tag in &tags {
+                if let Err(error) = self
+                    .session
+                    .consume
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    return SessionEnd::Lost(format!("cannot cancel the consumer: {error}"));
+                }
             }
             // Deliveries already pushed to us before the cancel: settle them (they
             // are handed back, as the circuit is open) so none waits on consumer_timeout.
             loop {
-                match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-                    Ok(Some(Ok(delivery))) => dispatch.spawn(delivery, None),
-                    Ok(Some(Err(error))) => {
+                match tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await {
+                    Ok(Some((source, Ok(delivery)))) => dispatch.spawn(source, delivery, None),
+                    Ok(Some((_, Err(error)))) => {
                         return SessionEnd::Lost(format!("delivery stream failed: {error}"));
                     }
                     Ok(None) | Err(_) => break,
@@ -174,10 +208,95 @@ impl Consumer<'_> {
         }
     }
 
+    /// One consumer per source; partition consumers claim with their priority.
+    async fn consume(&self, sources: &[Source]) -> lapin::Result<(Vec<String>, Deliveries)> {
+        let mut tags = Vec::with_capacity(sources.len());
+        let mut deliveries = SelectAll::new();
+        for (index, source) in sources.iter().enumerate() {
+            let tag = format!("identity-link-worker-{}", uuid::Uuid::new_v4());
+            let mut arguments = FieldTable::default();
+            if let Some(partition) = source.partition {
+                arguments.insert(
+                    ShortString::from("x-priority"),
+                    AMQPValue::LongInt(consumer_priority(self.replica_id, partition)),
+                );
+            }
+            let consumer = self
+                .session
+                .consume
+                .basic_consume(
+                    source.queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    arguments,
+                )
+                .await?;
+            tags.push(tag);
+            deliveries.push(consumer.map(move |delivery| (index, delivery)).boxed());
+        }
+        Ok((tags, deliveries))
+    }
+
+    /// Takes deliveries until stopped (`Ok(false)`), paused by the circuit
+    /// (`Ok(true)`) or the session ends.
+    async fn take(
+        &self,
+        deliveries: &mut Deliveries,
+        dispatch: &mut Dispatch<'_>,
+        circuit_state: &mut watch::Receiver<bool>,
+    ) -> Result<bool, SessionEnd> {
+        let session = self.session;
+        // A broken publishing channel (e.g. a channel error from a deleted
+        // exchange) would make every settle fail; reconnect and redeclare instead.
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Ok(false),
+                _ = async { circuit_state.wait_for(|open| *open).await.map(|_| ()) } => return Ok(true),
+                _ = session.broken.cancelled() => {
+                    return Err(SessionEnd::Lost("a confirmed copy could not be published".into()));
+                }
+                _ = health.tick() => {
+                    if !session.publisher.channel().status().connected() || !session.consume.status().connected() {
+                        return Err(SessionEnd::Lost("a broker channel was closed".into()));
+                    }
+                    self.activity.refresh();
+                }
+                next = deliveries.next() => match next {
+                    Some((source, Ok(delivery))) => {
+                        let permit = tokio::select! {
+                            _ = self.stop.cancelled() => return Ok(false),
+                            permit = self.permits.clone().acquire_owned() => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return Ok(false),
+                            },
+                        };
+                        dispatch.spawn(source, delivery, Some(permit));
+                    }
+                    Some((_, Err(error))) => {
+                        return Err(SessionEnd::Lost(format!("delivery stream failed: {error}")));
+                    }
+                    None => {
+                        return Err(SessionEnd::Lost("the broker cancelled the consumer (queue deleted?)".into()));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Until no delivery of this process is being worked (the calls in
+    /// flight when the circuit opened have ended), or the stop.
+    async fn wait_idle(&self) {
+        while !self.tasks.is_empty() && !self.stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// While the circuit is open: `None` once it closes, else how the session ended.
     async fn wait_for_circuit(
         &self,
-        circuit_state: &mut tokio::sync::watch::Receiver<bool>,
+        circuit_state: &mut watch::Receiver<bool>,
     ) -> Option<SessionEnd> {
         loop {
             tokio::select! {

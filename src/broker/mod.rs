@@ -1,12 +1,15 @@
-//! Input side: RabbitMQ topology, the consume loop, settling each delivery
-//! (confirmed copies to the retry and dead-letter queues, coalesced acks),
-//! and the dead-letter tools.
+//! Input side: RabbitMQ topology, the consume loop (the work queue, and the
+//! partition queues with a single active consumer each), per-visitor order,
+//! settling each delivery (confirmed copies, coalesced acks), and the
+//! dead-letter tools.
 
 pub mod acks;
 pub mod connection;
 pub mod consumer;
 pub mod dlq;
 pub mod headers;
+pub mod partitions;
 pub mod publisher;
 pub mod settle;
 pub mod topology;
+pub mod turns;

@@ -14,8 +14,9 @@ use super::acks::AckBatcher;
 use super::headers;
 use super::publisher::Publisher;
 use super::topology::Topology;
+use super::turns::Turn;
 use crate::domain::Outcome;
-use crate::handler::{Handler, Inbound};
+use crate::handler::{Handler, Prepared, Role};
 use crate::ops::metrics::Metrics;
 use crate::ops::record::{self, Settled};
 
@@ -32,7 +33,21 @@ pub struct SessionContext {
     pub publisher: Publisher,
     /// Cancelled when a confirmed copy fails: the session is then replaced.
     pub broken: CancellationToken,
+    /// Cancelled when the session's deliveries must be let go at once (the
+    /// session is lost, or the shutdown grace is over): a task still waiting
+    /// on the endpoint stops waiting and leaves its delivery unacked, so no
+    /// call of this process overlaps one of the replica that takes over.
+    pub abort: CancellationToken,
     pub acks: AckBatcher,
+}
+
+/// The queue a delivery came from, and what its consumer does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub queue: String,
+    pub role: Role,
+    /// The partition index, for a partition queue.
+    pub partition: Option<u16>,
 }
 
 /// Where the message first came from: its exchange and routing key (the
@@ -58,8 +73,14 @@ pub enum Settlement {
 
 impl Settlement {
     /// The settlement of `outcome` for a delivery from `route` that had had
-    /// `attempts` delayed attempts.
-    pub fn of(outcome: &Outcome, route: &Route, attempts: u32, topology: &Topology) -> Self {
+    /// `attempts` delayed attempts, consumed from the queue `source`.
+    pub fn of(
+        outcome: &Outcome,
+        route: &Route,
+        attempts: u32,
+        topology: &Topology,
+        source: &str,
+    ) -> Self {
         let origin = || {
             [
                 (headers::ORIGINAL_EXCHANGE, headers::text(&route.exchange)),
@@ -99,9 +120,19 @@ impl Settlement {
                 .chain([(headers::FAILED_AT, headers::text(&now_rfc3339()))])
                 .collect(),
             },
+            // Back to the queue it came from: a partition keeps its visitors' order.
             Outcome::HandBack { .. } => Settlement::CopyThenAck {
                 exchange: String::new(),
-                routing_key: topology.queue.clone(),
+                routing_key: source.to_owned(),
+                headers: origin().into_iter().collect(),
+            },
+            Outcome::Route { partition } => Settlement::CopyThenAck {
+                exchange: String::new(),
+                // The handler computes the index modulo the same partition count.
+                routing_key: topology
+                    .partition_queue(*partition)
+                    .unwrap_or(&topology.queue)
+                    .to_owned(),
                 headers: origin().into_iter().collect(),
             },
         }
@@ -114,50 +145,66 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Handles one delivery and settles it. Every path ends in an ack, or in the
+/// One delivery in hand: parsed in the consume loop, in delivery order.
+pub struct InHand {
+    pub delivery: Delivery,
+    pub route: Route,
+    pub prepared: Prepared,
+    /// Its place in its visitor's line.
+    pub turn: Turn,
+    pub received: Instant,
+    /// A slot of `LINKER_CONCURRENCY` (none for deliveries handed back while paused).
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Finishes one delivery and settles it. Every path ends in an ack, or in the
 /// delivery left unacked on a session that is then closed (the broker
 /// requeues it): when a confirmed copy cannot be made, the broker side is not
 /// healthy, and a nack would only redeliver it at once, again and again.
 ///
-/// `permit` (a slot of `LINKER_CONCURRENCY`) is given back once the outcome
-/// is durable, before the ack is written: the ack needs no slot.
-pub async fn settle(
-    ctx: &SessionContext,
-    delivery: Delivery,
-    received: Instant,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// The permit is given back once the outcome is durable, before the ack is
+/// written: the ack needs no slot. So is the visitor's turn: the next event
+/// of the visitor may go once this one's copy is confirmed.
+pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
+    let InHand {
+        delivery,
+        route,
+        prepared,
+        mut turn,
+        received,
+        permit,
+    } = in_hand;
     let pipeline = &ctx.pipeline;
     pipeline.metrics.in_flight.inc();
-    let props = &delivery.properties;
-    let (exchange, routing_key) = headers::original_route(
-        props,
-        delivery.exchange.as_str(),
-        delivery.routing_key.as_str(),
-    );
-    let route = Route {
-        exchange,
-        routing_key,
+    let attempts = prepared.attempts;
+    let finished = tokio::select! {
+        biased;
+        _ = ctx.abort.cancelled() => None,
+        handled = async {
+            turn.wait().await;
+            pipeline.handler.finish(prepared, source.role).await
+        } => Some(handled),
     };
-    let attempts = headers::get_u32(props, headers::ATTEMPTS);
-    let handled = pipeline
-        .handler
-        .handle(Inbound {
-            body: &delivery.data,
-            event_type: &route.routing_key,
-            message_id: props.message_id().as_ref().map(|s| s.as_str()),
-            attempts,
-        })
-        .await;
+    let Some(handled) = finished else {
+        // Left unacked: the broker hands it to whoever consumes next.
+        pipeline.metrics.in_flight.dec();
+        return;
+    };
     let event_id = handled.event_id.as_deref();
-    let settlement = Settlement::of(&handled.outcome, &route, attempts, &pipeline.topology);
+    let settlement = Settlement::of(
+        &handled.outcome,
+        &route,
+        attempts,
+        &pipeline.topology,
+        &source.queue,
+    );
     if let Settlement::CopyThenAck {
         exchange,
         routing_key,
         headers,
     } = &settlement
     {
-        let properties = headers::with_headers(props, headers, &[]);
+        let properties = headers::with_headers(&delivery.properties, headers, &[]);
         if let Err(error) = ctx
             .publisher
             .publish(exchange, routing_key, &delivery.data, properties)
@@ -173,6 +220,7 @@ pub async fn settle(
             return;
         }
     }
+    drop(turn);
     drop(permit);
     if let Err(error) = ctx.acks.ack(delivery.delivery_tag).await {
         // The channel died: the broker will redeliver; handling is idempotent.
@@ -209,6 +257,8 @@ mod tests {
             declare_topology: true,
             delivery_limit: NonZeroU32::new(20).unwrap(),
             prefetch: std::num::NonZeroU16::new(1).unwrap(),
+            partitions: std::num::NonZeroU16::new(4),
+            replica_id: "r-1".into(),
         };
         Topology::new(&broker, &RetryLadder::new(vec![Duration::from_secs(10)]))
     }
@@ -243,7 +293,7 @@ mod tests {
             Outcome::Skipped(SkipReason::SameIdentifier),
         ] {
             assert_eq!(
-                Settlement::of(&outcome, &route(), 0, &topology()),
+                Settlement::of(&outcome, &route(), 0, &topology(), "q"),
                 Settlement::Ack
             );
         }
@@ -258,7 +308,7 @@ mod tests {
                 delay: Duration::from_secs(10),
             },
         };
-        let settlement = Settlement::of(&outcome, &route(), 0, &topology());
+        let settlement = Settlement::of(&outcome, &route(), 0, &topology(), "q");
         let (exchange, routing_key, headers) = names(&settlement);
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
@@ -281,7 +331,7 @@ mod tests {
             reason: DeadLetterReason::Malformed,
             error: "x".repeat(5000),
         };
-        let settlement = Settlement::of(&outcome, &route(), 2, &topology());
+        let settlement = Settlement::of(&outcome, &route(), 2, &topology(), "q");
         let (exchange, routing_key, names) = names(&settlement);
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
@@ -312,9 +362,32 @@ mod tests {
         let outcome = Outcome::HandBack {
             error: "circuit open".into(),
         };
+        let (exchange, routing_key, names) = names(&Settlement::of(
+            &outcome,
+            &route(),
+            3,
+            &topology(),
+            "q.partition.2",
+        ));
+        assert_eq!(
+            (exchange.as_str(), routing_key.as_str()),
+            ("", "q.partition.2")
+        );
+        assert_eq!(
+            names,
+            [headers::ORIGINAL_EXCHANGE, headers::ORIGINAL_ROUTING_KEY]
+        );
+    }
+
+    #[test]
+    fn a_routed_event_goes_to_its_partition_with_its_origin() {
+        let outcome = Outcome::Route { partition: 3 };
         let (exchange, routing_key, names) =
-            names(&Settlement::of(&outcome, &route(), 3, &topology()));
-        assert_eq!((exchange.as_str(), routing_key.as_str()), ("", "q"));
+            names(&Settlement::of(&outcome, &route(), 1, &topology(), "q"));
+        assert_eq!(
+            (exchange.as_str(), routing_key.as_str()),
+            ("", "q.partition.3")
+        );
         assert_eq!(
             names,
             [headers::ORIGINAL_EXCHANGE, headers::ORIGINAL_ROUTING_KEY]

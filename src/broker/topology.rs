@@ -27,6 +27,9 @@ pub struct Topology {
     pub dead_letter: String,
     /// `<queue>.retry.<delay>`, one per step of the ladder.
     pub retry_queues: Vec<RetryQueue>,
+    /// `<queue>.partition.<i>`, quorum queues with a single active consumer;
+    /// empty in direct mode (`LINKER_PARTITIONS=0`).
+    pub partitions: Vec<String>,
     pub delivery_limit: u32,
 }
 
@@ -62,8 +65,26 @@ impl Topology {
                     delay: *delay,
                 })
                 .collect(),
+            partitions: (0..broker.partitions.map_or(0, |p| p.get()))
+                .map(|i| format!("{}.partition.{i}", broker.queue))
+                .collect(),
             delivery_limit: broker.delivery_limit.get(),
         }
+    }
+
+    /// The partition queue of index `partition` (below the partition count).
+    pub fn partition_queue(&self, partition: u16) -> Option<&str> {
+        self.partitions
+            .get(usize::from(partition))
+            .map(String::as_str)
+    }
+
+    /// Every queue the worker declares, the work queue first.
+    pub fn queues(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.queue.as_str())
+            .chain(std::iter::once(self.dead_letter.as_str()))
+            .chain(self.retry_queues.iter().map(|r| r.name.as_str()))
+            .chain(self.partitions.iter().map(String::as_str))
     }
 
     /// The queue of the ladder step with this delay.
@@ -98,6 +119,17 @@ impl Topology {
             ("x-dead-letter-strategy", text("at-least-once")),
             ("x-overflow", text("reject-publish")),
         ])
+    }
+
+    /// Partition queue: like the work queue (delivery limit, at-least-once
+    /// dead-lettering), and one consumer at a time of all that subscribe.
+    pub fn partition_queue_arguments(&self) -> FieldTable {
+        let mut arguments = self.work_queue_arguments();
+        arguments.insert(
+            ShortString::from("x-single-active-consumer"),
+            AMQPValue::Boolean(true),
+        );
+        arguments
     }
 
     pub fn dead_letter_queue_arguments(&self) -> FieldTable {
@@ -171,6 +203,15 @@ impl Topology {
                 )
                 .await?;
         }
+        for partition in &self.partitions {
+            channel
+                .queue_declare(
+                    partition.as_str().into(),
+                    durable_queue,
+                    self.partition_queue_arguments(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -204,10 +245,7 @@ impl Topology {
             }
             let _ = channel.close(200, "ok".into()).await;
         }
-        let queues = std::iter::once(self.queue.as_str())
-            .chain(std::iter::once(self.dead_letter.as_str()))
-            .chain(self.retry_queues.iter().map(|r| r.name.as_str()));
-        for name in queues {
+        for name in self.queues() {
             let channel = connection
                 .create_channel()
                 .await
@@ -232,12 +270,9 @@ impl Topology {
     /// Removes everything this topology declared (tests and the demo).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-        for queue in std::iter::once(&self.queue)
-            .chain(std::iter::once(&self.dead_letter))
-            .chain(self.retry_queues.iter().map(|r| &r.name))
-        {
+        for queue in self.queues() {
             channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
         for exchange in [&self.exchange, &self.dead_letter] {

@@ -16,7 +16,7 @@ pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
 use self::values::{
     amqp_url, at_least_one, boolean, duration, endpoint_url, list, name, non_zero, number, parsed,
-    pointers, positive_duration, retry_ladder, secret_key,
+    partitions, pointers, positive_duration, replica_id, retry_ladder, secret_key,
 };
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
@@ -78,6 +78,12 @@ pub struct BrokerConfig {
     pub delivery_limit: NonZeroU32,
     /// `LINKER_PREFETCH`, default 256.
     pub prefetch: NonZeroU16,
+    /// `LINKER_PARTITIONS`, default 16: partition queues by visitor, each with
+    /// a single active consumer; `None` (0) consumes the work queue directly.
+    pub partitions: Option<NonZeroU16>,
+    /// `LINKER_REPLICA_ID`, default the host name (the pod's name), else random:
+    /// weighs this replica's claim on each partition.
+    pub replica_id: String,
 }
 
 /// How an event's body becomes a pair of identifiers.
@@ -180,6 +186,8 @@ struct RawEnv {
     circuit_failure_threshold: Option<String>,
     http_addr: Option<String>,
     prefetch: Option<String>,
+    partitions: Option<String>,
+    replica_id: Option<String>,
     concurrency: Option<String>,
     log_format: Option<String>,
     log_identifiers: Option<String>,
@@ -291,6 +299,8 @@ impl BrokerConfig {
                 raw.declare_topology.clone(),
                 true,
             )?,
+            partitions: partitions(raw.partitions.clone())?,
+            replica_id: replica_id(raw.replica_id.clone()),
         })
     }
 }

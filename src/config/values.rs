@@ -1,6 +1,7 @@
 //! Parsers for one variable each: every error names its variable.
 
 use std::fmt;
+use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -281,4 +282,29 @@ pub(super) fn positive_duration(
         return Err(ConfigError::new(variable, "must be above zero"));
     }
     Ok(value)
+}
+
+/// Most partition queues: each is a quorum queue (a Raft group) on the broker.
+pub(super) const MAX_PARTITIONS: u16 = 256;
+pub(super) const DEFAULT_PARTITIONS: u16 = 16;
+
+pub(super) fn partitions(value: Option<String>) -> Result<Option<NonZeroU16>, ConfigError> {
+    const VAR: &str = "LINKER_PARTITIONS";
+    let count: u16 = number(VAR, value, DEFAULT_PARTITIONS)?;
+    if count > MAX_PARTITIONS {
+        return Err(ConfigError::new(
+            VAR,
+            format!("must be at most {MAX_PARTITIONS} (each partition is a quorum queue)"),
+        ));
+    }
+    Ok(NonZeroU16::new(count))
+}
+
+/// The pod's name where there is one, so a restarted pod keeps its claims.
+pub(super) fn replica_id(value: Option<String>) -> String {
+    value
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

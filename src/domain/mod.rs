@@ -7,6 +7,7 @@
 mod event;
 mod identifiers;
 mod outcome;
+mod partition;
 mod retry;
 
 pub use event::{EventMeta, LinkEvent, ParsedEvent, Rejection, parse_event};
@@ -14,4 +15,5 @@ pub use identifiers::{
     AnonymousId, Blocklist, IdentifierError, JsonPointers, MAX_IDENTIFIER_BYTES, UserId,
 };
 pub use outcome::{DeadLetterReason, LinkResult, Outcome, OutcomeLabel, SkipReason};
+pub use partition::partition_of;
 pub use retry::{RetryLadder, RetryStep, delay_label};

@@ -83,9 +83,14 @@ pub enum Outcome {
         error: String,
     },
     /// The circuit is open (key refused, or the target is down): the message
-    /// goes back to the work queue untouched, costing no retry step.
+    /// goes back to the queue it came from untouched, costing no retry step.
     HandBack {
         error: String,
+    },
+    /// The routing step: the event needs a call, made by the one active
+    /// consumer of its visitor's partition.
+    Route {
+        partition: u16,
     },
 }
 
@@ -124,8 +129,8 @@ impl OutcomeLabel {
 }
 
 impl Outcome {
-    /// Its label in `identity_linker_messages_total`; `None` for a hand-back,
-    /// which is not an outcome (the message will come again).
+    /// Its label in `identity_linker_messages_total`; `None` for a hand-back
+    /// or a routing step, which are not outcomes (the message comes again).
     pub fn label(&self) -> Option<OutcomeLabel> {
         match self {
             Outcome::Linked(LinkResult::Linked) => Some(OutcomeLabel::Linked),
@@ -133,7 +138,7 @@ impl Outcome {
             Outcome::Skipped(_) => Some(OutcomeLabel::Skipped),
             Outcome::Retry { .. } => Some(OutcomeLabel::Retried),
             Outcome::DeadLetter { .. } => Some(OutcomeLabel::DeadLettered),
-            Outcome::HandBack { .. } => None,
+            Outcome::HandBack { .. } | Outcome::Route { .. } => None,
         }
     }
 }

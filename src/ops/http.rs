@@ -41,7 +41,15 @@ async fn metrics_handler(State(state): State<OpsState>) -> Response {
 
 async fn readyz(State(state): State<OpsState>) -> Response {
     match state.readiness.check() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response(),
+        Ok(()) => {
+            let mut body = serde_json::json!({"ready": true});
+            // Partitioned mode: which partitions this replica works; on a broker
+            // that keeps the first consumer (3.10), extra replicas show none.
+            if let Some(active) = state.readiness.partitions_active() {
+                body["partitions_active"] = serde_json::json!(active);
+            }
+            (StatusCode::OK, Json(body)).into_response()
+        }
         Err(not_ready) => (StatusCode::SERVICE_UNAVAILABLE, Json(not_ready)).into_response(),
     }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub event_age: Histogram,
     pub linked_cache_hits: Counter,
     pub handed_back: Counter,
+    pub routed: Counter,
+    pub partitions_active: Gauge,
     pub in_flight: Gauge,
     pub broker_connected: Gauge,
     pub circuit_open: Gauge,
@@ -161,6 +163,18 @@ impl Metrics {
             "Messages put back on the work queue untouched while the circuit was open",
             handed_back.clone(),
         );
+        let routed = Counter::default();
+        registry.register(
+            "identity_linker_routed",
+            "Events the routing step published to their visitor's partition queue",
+            routed.clone(),
+        );
+        let partitions_active = Gauge::default();
+        registry.register(
+            "identity_linker_partitions_active",
+            "Partitions that delivered to this replica in the last minute",
+            partitions_active.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "identity_linker_in_flight",
@@ -206,6 +220,8 @@ impl Metrics {
             event_age,
             linked_cache_hits,
             handed_back,
+            routed,
+            partitions_active,
             in_flight,
             broker_connected,
             circuit_open,

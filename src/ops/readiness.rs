@@ -16,6 +16,8 @@ pub struct Readiness {
     stopping: AtomicBool,
     /// Set by the circuit breaker while open: the `/readyz` reason and the last error.
     paused: Mutex<Option<(&'static str, String)>>,
+    /// In partitioned mode: the partitions this replica works (see `/readyz`).
+    partitions_active: Mutex<Option<Vec<u16>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -34,6 +36,7 @@ impl Readiness {
             consuming: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             paused: Mutex::new(None),
+            partitions_active: Mutex::new(None),
             metrics,
         }
     }
@@ -52,6 +55,22 @@ impl Readiness {
 
     pub fn set_paused(&self, paused: Option<(&'static str, String)>) {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
+    }
+
+    pub fn set_partitions_active(&self, active: Option<Vec<u16>>) {
+        *self
+            .partitions_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = active;
+    }
+
+    /// The partitions that delivered to this replica in the last minute;
+    /// `None` in direct mode.
+    pub fn partitions_active(&self) -> Option<Vec<u16>> {
+        self.partitions_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_stopping(&self) {

@@ -25,8 +25,16 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
         ..
     } = *settled;
     let Some(label) = outcome.label() else {
-        // A hand-back is not an outcome: the message will come again.
-        metrics.handed_back.inc();
+        // Not an outcome: the message comes again, from the queue or its partition.
+        match outcome {
+            Outcome::Route { partition } => {
+                metrics.routed.inc();
+                tracing::trace!(event_id, event_type, partition, "routed");
+            }
+            _ => {
+                metrics.handed_back.inc();
+            }
+        }
         return;
     };
     metrics.count_message(event_type, label);
@@ -62,7 +70,7 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
         Outcome::Linked(result) => {
             tracing::debug!(event_id, event_type, ?result, "linked");
         }
-        Outcome::HandBack { .. } => {}
+        Outcome::HandBack { .. } | Outcome::Route { .. } => {}
     }
 }
 
