@@ -194,6 +194,7 @@ class Defaults:
         self.routing_keys = split("LINKER_ROUTING_KEYS")
         self.retry_delays = split("LINKER_RETRY_DELAYS")
         self.delivery_limit = int(documented_default("LINKER_DELIVERY_LIMIT"))
+        self.partitions = int(documented_default("LINKER_PARTITIONS"))
         self.shutdown_grace = documented_default("LINKER_SHUTDOWN_GRACE")
         self.http_port = int(documented_default("LINKER_HTTP_ADDR").rsplit(":", 1)[1])
 
@@ -239,11 +240,14 @@ def code_defaults() -> dict[str, str]:
     text = _read(CONFIG_RS)
     consts = {m.group(1): m.group(2) for m in
               re.finditer(r'pub const (DEFAULT_[A-Z_]+): &str\s*=\s*"((?:[^"\\]|\\.)*)";', text)}
+    # Plain numbers: `const DEFAULT_X: u16 = 16;`
+    consts.update({m.group(1): m.group(2) for m in
+                   re.finditer(r'const (DEFAULT_[A-Z_]+): u\d+\s*=\s*(\d+);', text)})
     # Numbers that must be at least 1: `const DEFAULT_X: NonZeroU16 = NonZeroU16::new(256).unwrap();`
     consts.update({m.group(1): m.group(2) for m in
                    re.finditer(r'const (DEFAULT_[A-Z_]+): NonZero\w+\s*=\s*NonZero\w+::new\((\d+)\)', text)})
     # Functions naming their variable once, as `const VAR: &str = "LINKER_X";`.
-    chunks = re.split(r"\n(?=(?:pub )?(?:async )?fn )", text)
+    chunks = re.split(r"\n(?=(?:pub(?:\([a-z]+\))? )?(?:async )?fn )", text)
     for i, chunk in enumerate(chunks):
         m = re.search(r'const (\w+): &str = "(LINKER_[A-Z_]+)";', chunk)
         if m:
@@ -283,6 +287,9 @@ def code_metrics() -> dict[str, Metric]:
         else:
             raise CheckFailed(f"{rel(METRICS_RS)}: cannot tell the type of {name} from `{expr}`")
         out[name + "_total" if kind == "counter" else name] = Metric(kind, labels)
+    # Counter families by reason, registered through `reason_family(&mut registry, "name", ...)`.
+    for m in re.finditer(r'reason_family\(\s*&mut registry,\s*"(\w+)"', text):
+        out[m.group(1) + "_total"] = Metric("counter", frozenset({"reason"}))
     if not out:
         raise CheckFailed(f"{rel(METRICS_RS)}: no registry.register(...) calls found")
     return out

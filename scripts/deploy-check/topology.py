@@ -46,6 +46,7 @@ def expected_topology(
     routing_keys=None,
     retry_delays=None,
     delivery_limit: int | None = None,
+    partitions: int | None = None,
 ) -> dict:
     """The topology the worker declares; unset arguments take the defaults documented in
     docs/interface.md (check_interface.py keeps them equal to src/config.rs)."""
@@ -55,6 +56,7 @@ def expected_topology(
     routing_keys = d.routing_keys if routing_keys is None else routing_keys
     retry_delays = d.retry_delays if retry_delays is None else retry_delays
     delivery_limit = d.delivery_limit if delivery_limit is None else delivery_limit
+    partitions = d.partitions if partitions is None else partitions
     dead = f"{queue}.dead"
     exchanges = [
         {"name": exchange, "vhost": VHOST, "type": "topic", "durable": True,
@@ -88,6 +90,12 @@ def expected_topology(
                  "x-dead-letter-strategy": "at-least-once",
                  "x-overflow": "reject-publish",
              }})
+    for i in range(partitions):
+        # Like the work queue, with one active consumer at a time across replicas.
+        queues.append(
+            {"name": f"{queue}.partition.{i}", "vhost": VHOST, "durable": True,
+             "auto_delete": False,
+             "arguments": {**queues[0]["arguments"], "x-single-active-consumer": True}})
     bindings = [
         {"source": exchange, "vhost": VHOST, "destination": queue,
          "destination_type": "queue", "routing_key": key, "arguments": {}}
