@@ -236,10 +236,7 @@ pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     let sim_port = procs::free_port();
-    let sim_url = format!(
-        "http://127.0.0.1:{sim_port}{}",
-        mos_sim::ENDPOINT_PATH
-    );
+    let sim_url = format!("http://127.0.0.1:{sim_port}{}", mos_sim::ENDPOINT_PATH);
     let names = names(bench, &sim_url)?;
     let topology = Topology::from_config(&names.config);
     let channel = connection

@@ -3,20 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use mos_sim::{Faults, SimConfig};
+use mos_sim::SimConfig;
 
 use crate::harness::*;
 
 const TOTAL: usize = 6_000;
 
+/// A 20 ms target latency.
 fn sim() -> SimConfig {
-    SimConfig {
-        faults: Faults {
-            latency_ms: 20,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    }
+    testkit::sim::latency(20)
 }
 
 /// Publishes `events` in the background at about 1 000 per second.
@@ -74,14 +69,8 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
         ));
     }
     let republished = producing.await.unwrap();
-    wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End { tally: t, scan, .. } =
+        drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(120)).await;
     let worst = recoveries.iter().max().copied().unwrap_or_default();
     Summary {
         scenario: "2 connection cut",
@@ -104,10 +93,7 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
     ));
     assert!(ready.downs() >= cuts, "readiness went down at each cut");
     assert!(ready.ups() >= cuts, "and came back each time");
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }
 
@@ -153,14 +139,8 @@ async fn s03_broker_restart_recovers_by_itself() {
     .await;
     let up = ready.ready_at_or_after(started).unwrap();
     let republished = producing.await.unwrap();
-    wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End { tally: t, scan, .. } =
+        drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(120)).await;
     Summary {
         scenario: "3 broker restart",
         load: format!(
@@ -188,9 +168,6 @@ async fn s03_broker_restart_recovers_by_itself() {
     ));
     note(&format!("readiness: {}", ready.timeline(stopping)));
     assert!(ready.downs() >= 1 && ready.ups() >= 1);
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }
