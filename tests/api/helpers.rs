@@ -189,6 +189,22 @@ impl TestApp {
         .await;
     }
 
+    /// Publishes each of `bodies`.
+    pub async fn publish_each(&self, routing_key: &str, bodies: impl IntoIterator<Item = &[u8]>) {
+        for body in bodies {
+            self.publish(routing_key, body).await;
+        }
+    }
+
+    /// Waits until `n` messages settled, stops the worker, and checks that
+    /// every message was acked: nothing is left in (or returned to) the
+    /// work queue.
+    pub async fn settle_and_stop(&mut self, n: u64) {
+        self.wait_settled(n).await;
+        self.stop_worker().await;
+        assert_eq!(self.depth(&self.topology.queue).await, 0, "all acked");
+    }
+
     /// Waits until the circuit is open.
     pub async fn wait_circuit_open(&self, limit: Duration) {
         wait_for("the circuit to open", limit, || async {

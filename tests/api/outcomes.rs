@@ -18,11 +18,7 @@ async fn malformed_body_is_dead_lettered_with_all_headers_and_the_original_kept(
         .with_content_type(ShortString::from("application/json"));
     app.publish_raw("user.logged_in", b"{not json", properties)
         .await;
-    app.wait_settled(1).await;
-    app.stop_worker().await;
-
-    // Acked: nothing is left in (or returned to) the work queue.
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.settle_and_stop(1).await;
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
     let letter = &dead[0];
@@ -100,12 +96,12 @@ async fn each_dead_letter_reason_for_bad_input() {
             "invalid_identifier",
         ),
     ];
-    for (body, _) in &cases {
-        app.publish("user.signed_up", body).await;
-    }
-    app.wait_settled(cases.len() as u64).await;
-    app.stop_worker().await;
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.publish_each(
+        "user.signed_up",
+        cases.iter().map(|(body, _)| body.as_slice()),
+    )
+    .await;
+    app.settle_and_stop(cases.len() as u64).await;
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
     for (_, reason) in &cases {
         *want.entry((*reason).to_owned()).or_default() += 1;
@@ -155,12 +151,9 @@ async fn skips_are_acked_without_a_call() {
             "same_identifier",
         ),
     ];
-    for (body, _) in &cases {
-        app.publish("user.logged_in", body).await;
-    }
-    app.wait_settled(cases.len() as u64).await;
-    app.stop_worker().await;
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.publish_each("user.logged_in", cases.iter().map(|(body, _)| *body))
+        .await;
+    app.settle_and_stop(cases.len() as u64).await;
     assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
     assert_eq!(app.outcome("skipped"), cases.len() as u64);
     let skips: BTreeMap<&str, u64> = app.worker.skips().into_iter().collect();
@@ -237,9 +230,7 @@ async fn identifiers_are_found_by_every_default_pointer_shape() {
         br#"{"context":{"anonymousId":"p-a4"},"user":{"id":"p-u4"}}"#,
         br#"{"anonymousId":"p-a5","user":{"id":5005}}"#,
     ];
-    for body in bodies {
-        app.publish("user.signed_up", body).await;
-    }
+    app.publish_each("user.signed_up", bodies).await;
     app.wait_settled(5).await;
     let mut pairs: Vec<(String, String)> = app
         .sim
@@ -277,11 +268,9 @@ async fn a_deleted_dead_letter_exchange_is_redeclared_and_nothing_is_lost() {
     app.publish("user.logged_in", b"not json either").await;
     // The dead-letter publish fails, the message goes back, the worker
     // reconnects, declares the topology again, and the second try lands.
-    app.wait_settled(1).await;
-    app.stop_worker().await;
+    app.settle_and_stop(1).await;
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(reason(&dead[0]).as_deref(), Some("malformed"));
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
     app.finish().await;
 }

@@ -91,6 +91,13 @@ fn pad(s: &str, len: usize) -> String {
     long
 }
 
+/// `map` with the pair added, as a JSON object.
+fn with_pair(mut map: serde_json::Map<String, Value>, a: &str, u: &str) -> String {
+    map.insert("anonymousId".into(), json!(a));
+    map.insert("userId".into(), json!(u));
+    Value::Object(map).to_string()
+}
+
 fn random_string(rng: &mut StdRng, max: usize) -> String {
     let len = rng.random_range(0..=max);
     (0..len)
@@ -213,13 +220,7 @@ fn huge_case(rng: &mut StdRng, i: usize, a: &str, u: &str) -> Case {
             for k in 0..75_000 {
                 map.insert(format!("k{k}"), json!(k));
             }
-            map.insert("anonymousId".into(), json!(a));
-            map.insert("userId".into(), json!(u));
-            case(
-                "1MiB object, 75k keys",
-                Value::Object(map).to_string(),
-                link(a, u),
-            )
+            case("1MiB object, 75k keys", with_pair(map, a, u), link(a, u))
         }
         _ => case(
             "1MiB array",
@@ -263,13 +264,7 @@ fn small_case(rng: &mut StdRng, a: &str, u: &str) -> Case {
                 let key = format!("x{}", random_string(rng, 6));
                 map.insert(key, random_value(rng, 4));
             }
-            map.insert("anonymousId".into(), json!(a));
-            map.insert("userId".into(), json!(u));
-            case(
-                "pair + random fields",
-                Value::Object(map).to_string(),
-                link(a, u),
-            )
+            case("pair + random fields", with_pair(map, a, u), link(a, u))
         }
         4 => {
             let d = rng.random_range(1..=100);

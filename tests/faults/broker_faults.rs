@@ -28,6 +28,18 @@ fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usi
     })
 }
 
+/// What readiness did, and what the producer and the worker repeated.
+fn note_readiness(ready: &ReadyRecorder, republished: usize, t: &Tally, scan: &ScanReport) {
+    note(&format!(
+        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
+        ready.downs(),
+        ready.ups(),
+        ready.reasons(),
+        t.repeated_calls,
+        scan.describe()
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s02_connection_cut_repeatedly_recovers_by_itself() {
     let scenario = Scenario::new("s02-connection-cut", sim(), &[]).await;
@@ -83,14 +95,7 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
         recovery: format!("not ready for <= {} per cut", secs(worst)),
     }
     .print();
-    note(&format!(
-        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
-        ready.downs(),
-        ready.ups(),
-        ready.reasons(),
-        t.repeated_calls,
-        scan.describe()
-    ));
+    note_readiness(&ready, republished, &t, &scan);
     assert!(ready.downs() >= cuts, "readiness went down at each cut");
     assert!(ready.ups() >= cuts, "and came back each time");
     t.assert_clean();
@@ -158,14 +163,7 @@ async fn s03_broker_restart_recovers_by_itself() {
         ),
     }
     .print();
-    note(&format!(
-        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
-        ready.downs(),
-        ready.ups(),
-        ready.reasons(),
-        t.repeated_calls,
-        scan.describe()
-    ));
+    note_readiness(&ready, republished, &t, &scan);
     note(&format!("readiness: {}", ready.timeline(stopping)));
     assert!(ready.downs() >= 1 && ready.ups() >= 1);
     t.assert_clean();

@@ -55,10 +55,7 @@ impl Private {
 
     /// Declares the topology, so events can be queued before a worker runs.
     pub async fn declare(&self, connection: &Connection) -> Result<(), String> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| e.to_string())?;
+        let channel = channel(connection).await?;
         let declared = self.topology.declare(&channel).await;
         let _ = channel.close(200, "declared".into()).await;
         declared.map_err(|e| format!("declare {}: {e}", self.queue()))
@@ -66,14 +63,18 @@ impl Private {
 
     /// Deletes the topology (queues and exchanges).
     pub async fn delete(&self, connection: &Connection) -> Result<(), String> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| e.to_string())?;
+        let channel = channel(connection).await?;
         let deleted = self.topology.delete(&channel).await;
         let _ = channel.close(200, "deleted".into()).await;
         deleted.map_err(|e| format!("delete {}: {e}", self.queue()))
     }
+}
+
+async fn channel(connection: &Connection) -> Result<lapin::Channel, String> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| format!("open a channel: {e}"))
 }
 
 /// The worker built and run inside the test process (its metrics can be
