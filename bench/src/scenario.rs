@@ -310,15 +310,7 @@ async fn measure(
         measure_bare(bench, scenario, run, topology, &broker, &mut result).await?;
     } else {
         measure_worker(bench, scenario, run, names, sim_pid, &broker, &mut result).await?;
-        let sim_stats: SimStats = bench
-            .http
-            .get(format!("http://127.0.0.1:{}/_sim/stats", names.sim_port))
-            .send()
-            .await
-            .map_err(|e| format!("sim stats: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("sim stats: {e}"))?;
+        let sim_stats = testkit::sim::remote_stats(&bench.http, names.sim_port).await?;
         result.api_calls = sim_stats.requests;
         result.calls_per_event = sim_stats.requests as f64 / n as f64;
         // Nothing lost, nothing linked twice.
@@ -462,12 +454,23 @@ async fn measure_worker(
     }
     .await;
     let code = worker.stop(Duration::from_secs(30)).await;
-    outcome?;
-    if code != Some(0) {
-        return Err(format!(
+    exited_0(outcome, code, |code| {
+        format!(
             "the worker exited with {code:?} on SIGTERM; see {}",
             log.display()
-        ));
+        )
+    })
+}
+
+/// The measurement's own error first; else the consumer must have exited 0.
+fn exited_0(
+    outcome: Result<(), String>,
+    code: Option<i32>,
+    describe: impl FnOnce(Option<i32>) -> String,
+) -> Result<(), String> {
+    outcome?;
+    if code != Some(0) {
+        return Err(describe(code));
     }
     Ok(())
 }
@@ -593,9 +596,7 @@ async fn measure_bare(
     }
     .await;
     let code = bare.finish(Duration::from_secs(10)).await;
-    outcome?;
-    if code != Some(0) {
-        return Err(format!("the bare consumer exited with {code:?}"));
-    }
-    Ok(())
+    exited_0(outcome, code, |code| {
+        format!("the bare consumer exited with {code:?}")
+    })
 }

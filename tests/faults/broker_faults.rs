@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use mos_sim::SimConfig;
+use tokio::task::JoinHandle;
 
 use crate::harness::*;
 
@@ -15,7 +16,7 @@ fn sim() -> SimConfig {
 }
 
 /// Publishes `events` in the background at about 1 000 per second.
-fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usize> {
+fn produce(scenario: &Scenario, events: &[Event]) -> JoinHandle<usize> {
     let mut producer = Producer::new(scenario);
     let events = events.to_vec();
     tokio::spawn(async move {
@@ -26,6 +27,26 @@ fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usi
         producer.close().await;
         republished
     })
+}
+
+/// A scenario under way: its worker ready, [`TOTAL`] events being
+/// published (the task yields how many the producer had to publish again).
+async fn start(
+    name: &'static str,
+) -> (
+    Scenario,
+    Vec<Event>,
+    ReadyRecorder,
+    Worker,
+    JoinHandle<usize>,
+) {
+    let scenario = Scenario::new(name, sim(), &[]).await;
+    let events = mixed_load(&scenario.tag, TOTAL);
+    let ready = ReadyRecorder::start(scenario.ops);
+    let worker = scenario.spawn_worker("worker");
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let producing = produce(&scenario, &events);
+    (scenario, events, ready, worker, producing)
 }
 
 /// What readiness did, and what the producer and the worker repeated.
@@ -42,12 +63,7 @@ fn note_readiness(ready: &ReadyRecorder, republished: usize, t: &Tally, scan: &S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s02_connection_cut_repeatedly_recovers_by_itself() {
-    let scenario = Scenario::new("s02-connection-cut", sim(), &[]).await;
-    let events = mixed_load(&scenario.tag, TOTAL);
-    let ready = ReadyRecorder::start(scenario.ops);
-    let mut worker = scenario.spawn_worker("worker");
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let producing = produce(&scenario, &events);
+    let (scenario, events, ready, mut worker, producing) = start("s02-connection-cut").await;
 
     let cuts = 3;
     let mut recoveries = Vec::new();
@@ -105,12 +121,7 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_broker_restart_recovers_by_itself() {
     let _guard = BrokerGuard;
-    let scenario = Scenario::new("s03-broker-restart", sim(), &[]).await;
-    let events = mixed_load(&scenario.tag, TOTAL);
-    let ready = ReadyRecorder::start(scenario.ops);
-    let mut worker = scenario.spawn_worker("worker");
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let producing = produce(&scenario, &events);
+    let (scenario, events, ready, mut worker, producing) = start("s03-broker-restart").await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let links = scenario.sim.stats().links;

@@ -101,15 +101,20 @@ pub fn parse(text: String) -> Scrape {
 
 /// GETs `url` (a worker's `/metrics`) and parses it.
 pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<Scrape, String> {
-    let text = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?
+    let text = get(http, url)
+        .await?
         .text()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     Ok(parse(text))
+}
+
+/// GET `url`; the error names it.
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> Result<reqwest::Response, String> {
+    http.get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))
 }
 
 #[cfg(test)]
