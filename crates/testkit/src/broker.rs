@@ -5,11 +5,14 @@ use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::connection::{connect, open_confirm_channel};
 use identity_link_worker::broker::publisher::Publisher;
-use identity_link_worker::config::{AmqpUrl, DEFAULT_AMQP_URL};
+use identity_link_worker::config::AmqpUrl;
 use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+
+/// The worker's default broker URL (local RabbitMQ, guest).
+pub use identity_link_worker::config::DEFAULT_AMQP_URL;
 
 /// The broker the tests use: `LINKER_AMQP_URL`, else the worker's default.
 pub fn amqp_url() -> String {
