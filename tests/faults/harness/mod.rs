@@ -6,6 +6,7 @@
 //! from `testkit`.
 
 mod broker;
+mod drain;
 mod ledger;
 mod producer;
 mod ready;
@@ -15,6 +16,7 @@ mod summary;
 mod worker;
 
 pub use broker::*;
+pub use drain::*;
 pub use ledger::*;
 pub use producer::*;
 pub use ready::*;
