@@ -17,8 +17,7 @@ use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
-use identity_link_worker::broker::connection::connect;
-use identity_link_worker::config::AmqpUrl;
+use testkit::broker::try_connect;
 
 use crate::stats;
 
@@ -64,9 +63,7 @@ async fn run(url: &str, queue: &str, n: u64, prefetch: u16, mode: &str) -> Resul
     // `multiple`: one ack with multiple=true per 32 deliveries (for comparison only).
     let batch = if mode == "multiple" { 32 } else { 1 };
     let mut waiting: Vec<Instant> = Vec::new();
-    let connection = connect(&AmqpUrl::new(url), "bench bare consumer")
-        .await
-        .map_err(|e| e.to_string())?;
+    let connection = try_connect(url, "bench bare consumer").await?;
     let channel = connection
         .create_channel()
         .await

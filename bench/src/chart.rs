@@ -2,9 +2,12 @@
 //! per scenario over the run: throughput and the consumer's resident memory.
 //! Text is drawn with a bundled subset of DejaVu Sans (no system fonts).
 
+use std::ops::Range;
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -23,6 +26,71 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Repeated => RGBColor(44, 160, 44),
         Kind::Large => RGBColor(148, 103, 189),
     }
+}
+
+/// A line chart in `area` with the axes' ranges.
+fn line_chart<'a, DB: DrawingBackend + 'a>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    y_label_area: u32,
+    x: Range<f64>,
+    y: Range<f64>,
+) -> Result<Chart<'a, DB>, String> {
+    ChartBuilder::on(area)
+        .caption(caption, (FAMILY, 18))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(x, y)
+        .map_err(|x| format!("chart: {x}"))
+}
+
+/// One series, 2 px wide, with its legend entry.
+fn draw_line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    c: RGBColor,
+    label: String,
+) -> Result<(), String> {
+    chart
+        .draw_series(LineSeries::new(points, c.stroke_width(2)))
+        .map_err(|x| format!("chart: {x}"))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    Ok(())
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Axes and grid: `x_label` formats the x values, y values are whole numbers.
+fn draw_mesh<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    x_desc: &str,
+    y_desc: &str,
+    x_label: &dyn Fn(&f64) -> String,
+) -> Result<(), String> {
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(x_label)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .draw()
+        .map_err(|x| format!("chart: {x}"))
+}
+
+/// The legend of a line chart: lower right, over a light background.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|x| format!("chart: {x}"))
 }
 
 /// Throughput over the run, from consecutive timeline samples about 1 s apart.
@@ -180,90 +248,62 @@ pub fn draw(path: &Path, summaries: &[Summary], title: &str) -> Result<(), Strin
         .flat_map(|(_, t)| rate_series(t).into_iter().map(|p| p.1))
         .fold(1.0f64, f64::max)
         * 1.1;
-    let mut rates = ChartBuilder::on(&left)
-        .caption("throughput during the median run", (FAMILY, 18))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..tmax, 0f64..rmax)
-        .map_err(|x| e(&x))?;
-    rates
-        .configure_mesh()
-        .x_desc("seconds since the consumer was ready")
-        .y_desc("messages / s (1 s windows)")
-        .x_label_formatter(&|v| {
+    let mut rates = line_chart(
+        &left,
+        "throughput during the median run",
+        70,
+        0f64..tmax,
+        0f64..rmax,
+    )?;
+    draw_mesh(
+        &mut rates,
+        "seconds since the consumer was ready",
+        "messages / s (1 s windows)",
+        &|v| {
             if tmax < 10.0 {
                 format!("{v:.1}")
             } else {
                 format!("{v:.0}")
             }
-        })
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FAMILY, 13))
-        .axis_desc_style((FAMILY, 14))
-        .draw()
-        .map_err(|x| e(&x))?;
+        },
+    )?;
     for (s, timeline) in &series {
-        let c = color(s.kind);
-        rates
-            .draw_series(LineSeries::new(rate_series(timeline), c.stroke_width(2)))
-            .map_err(|x| e(&x))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        draw_line(
+            &mut rates,
+            rate_series(timeline),
+            color(s.kind),
+            s.name.clone(),
+        )?;
     }
-    rates
-        .configure_series_labels()
-        .label_font((FAMILY, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|x| e(&x))?;
+    draw_legend(&mut rates)?;
 
     let mmax = series
         .iter()
         .flat_map(|(_, t)| t.iter().map(|x| x.rss_mib))
         .fold(1.0f64, f64::max)
         * 1.2;
-    let mut memory = ChartBuilder::on(&right)
-        .caption("consumer resident memory (VmRSS)", (FAMILY, 18))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..100f64, 0f64..mmax)
-        .map_err(|x| e(&x))?;
-    memory
-        .configure_mesh()
-        .x_desc("% of the backlog consumed")
-        .y_desc("MiB")
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FAMILY, 13))
-        .axis_desc_style((FAMILY, 14))
-        .draw()
-        .map_err(|x| e(&x))?;
+    let mut memory = line_chart(
+        &right,
+        "consumer resident memory (VmRSS)",
+        60,
+        0f64..100f64,
+        0f64..mmax,
+    )?;
+    draw_mesh(&mut memory, "% of the backlog consumed", "MiB", &|v| {
+        format!("{v:.0}")
+    })?;
     for (s, timeline) in &series {
-        let c = color(s.kind);
         let total = s.events.max(1) as f64;
-        memory
-            .draw_series(LineSeries::new(
-                timeline
-                    .iter()
-                    .map(|x| (x.messages as f64 / total * 100.0, x.rss_mib)),
-                c.stroke_width(2),
-            ))
-            .map_err(|x| e(&x))?
-            .label(format!("{} ({} msgs)", s.name, s.events))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        draw_line(
+            &mut memory,
+            timeline
+                .iter()
+                .map(|x| (x.messages as f64 / total * 100.0, x.rss_mib)),
+            color(s.kind),
+            format!("{} ({} msgs)", s.name, s.events),
+        )?;
     }
-    memory
-        .configure_series_labels()
-        .label_font((FAMILY, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|x| e(&x))?;
+    draw_legend(&mut memory)?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
 }

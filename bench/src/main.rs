@@ -70,7 +70,7 @@ struct Args {
     /// How the bare consumer acks: pipelined (default) or sequential (await each ack).
     #[arg(long, default_value = "pipelined")]
     bare_mode: String,
-    #[arg(long, env = "LINKER_AMQP_URL", default_value = identity_link_worker::config::DEFAULT_AMQP_URL, hide_env_values = true)]
+    #[arg(long, env = "LINKER_AMQP_URL", default_value = testkit::broker::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
     /// JSON results (default bench/results/latest.json; with --smoke target/bench-smoke/smoke.json).
     #[arg(long)]

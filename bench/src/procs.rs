@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
@@ -34,22 +34,14 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Peak resident set size (VmHWM), MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
-    status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0)
+    testkit::process::vm_hwm_kib(pid).map(|k| k as f64 / 1024.0)
 }
 
 /// Current resident set size (VmRSS), MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
-    status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
+    testkit::process::status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
 }
 
 /// Busy and total CPU seconds of the whole machine (all cores), from /proc/stat.
@@ -90,14 +82,6 @@ pub fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// A free TCP port on loopback (bound and released; the child binds it next).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A child we started; stopped with SIGTERM (then SIGKILL) by its pid only.
@@ -155,9 +139,7 @@ impl Proc {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status.code();
         }
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        testkit::process::send_signal(self.pid, "TERM");
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) => status.code(),
             _ => {
@@ -181,23 +163,5 @@ impl Proc {
 
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
-    }
-}
-
-/// Polls `check` every 10 ms until it is true or `limit` passes.
-pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -209,6 +209,11 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
     out
 }
 
+/// One Markdown table row.
+fn row(cells: &[String]) -> String {
+    format!("| {} |\n", cells.join(" | "))
+}
+
 fn cell(s: Option<Spread>, digits: usize) -> String {
     match s {
         Some(s) if s.min.is_finite() && (s.max - s.min).abs() > 0.0 => {
@@ -243,11 +248,9 @@ pub fn table(summaries: &[Summary]) -> String {
         } else {
             format!(" **{} failed**", s.failures.len())
         };
-        out.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            s.name,
-            fail,
-            s.events,
+        out.push_str(&row(&[
+            format!("{}{fail}", s.name),
+            s.events.to_string(),
             cell(s.msg_per_s, 0),
             ratio,
             cell(s.p50_ms, 1),
@@ -255,7 +258,7 @@ pub fn table(summaries: &[Summary]) -> String {
             cell(s.peak_rss_mib, 1),
             cell(s.cpu_s_per_1k, 3),
             cell(s.calls_per_event, 3),
-        ));
+        ]));
     }
     out
 }
@@ -282,15 +285,14 @@ pub fn cpu_table(summaries: &[Summary]) -> String {
         "| scenario | consumer CPU s/1k | mos-sim CPU s/1k | broker CPU s/1k | machine busy cores | other processes (cores) |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for s in summaries {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            s.name,
+        out.push_str(&row(&[
+            s.name.clone(),
             cell(s.cpu_s_per_1k, 3),
             cell(s.sim_cpu_s_per_1k, 3),
             cell(s.broker_cpu_s_per_1k, 3),
             cell(s.machine_busy_cores, 2),
             cell(s.other_busy_cores, 2),
-        ));
+        ]));
     }
     out
 }

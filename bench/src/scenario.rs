@@ -5,20 +5,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use identity_link_worker::broker::connection::connect;
 use identity_link_worker::broker::topology::Topology;
-use identity_link_worker::config::{AmqpUrl, Config};
 use mos_sim::SimStats;
+use testkit::broker::{try_connect, try_depth as depth};
+use testkit::names::{private_vars, with};
+use testkit::scrape::Scrape;
+use testkit::wait::wait_until;
+use testkit::worker::Private;
 
 use crate::bare::BareReport;
 use crate::fill::{make_events, prefill};
 use crate::procs::{self, Proc};
-use crate::stats::{self, Scrape};
+use crate::stats;
 
 pub const SIM_KEY: &str = "bench-secret-key";
 
@@ -123,47 +124,25 @@ pub struct RunResult {
     pub timeline: Vec<Sample>,
 }
 
+/// The run's private names and worker variables, and where its mos-sim listens.
 struct Names {
-    config: Config,
-    vars: Vec<(String, String)>,
+    private: Private,
+    sim_port: u16,
 }
 
-fn names(bench: &Bench, sim_url: &str) -> Result<Names, String> {
-    let suffix = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let vars: Vec<(String, String)> = vec![
-        ("LINKER_AMQP_URL".into(), bench.amqp_url.clone()),
-        ("LINKER_QUEUE".into(), format!("bench-{suffix}")),
-        (
-            "LINKER_EXCHANGE".into(),
-            format!("bench-{suffix}.auth.events"),
-        ),
-        ("LINKER_MOS_ENDPOINT_URL".into(), sim_url.to_owned()),
-        ("LINKER_MOS_SECRET_KEY".into(), SIM_KEY.into()),
-        ("LINKER_CONCURRENCY".into(), bench.concurrency.to_string()),
-        ("LINKER_PREFETCH".into(), bench.prefetch.to_string()),
-    ];
-    let config = Config::from_vars(vars.clone()).map_err(|e| e.to_string())?;
-    Ok(Names { config, vars })
-}
-
-async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("queue {queue}: {e}"))?;
-    let _ = channel.close(200, "ok".into()).await;
-    Ok(declared.message_count())
+fn names(bench: &Bench, sim_port: u16) -> Result<Names, String> {
+    let sim_url = format!("http://127.0.0.1:{sim_port}{}", mos_sim::ENDPOINT_PATH);
+    let vars = with(
+        private_vars("bench", &bench.amqp_url, &sim_url, SIM_KEY),
+        &[
+            ("LINKER_CONCURRENCY", &bench.concurrency.to_string()),
+            ("LINKER_PREFETCH", &bench.prefetch.to_string()),
+        ],
+    );
+    Ok(Names {
+        private: Private::new(vars)?,
+        sim_port,
+    })
 }
 
 /// Waits (at most 20 s) until the broker has used under 5 % of a core over
@@ -194,17 +173,10 @@ async fn get_ok(http: &reqwest::Client, url: &str) -> bool {
 
 async fn scrape(http: &reqwest::Client, url: &str) -> Result<(Scrape, Instant), String> {
     let before = Instant::now();
-    let text = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let scrape = testkit::scrape::fetch(http, url).await?;
     let after = Instant::now();
     // The scrape describes the moment halfway through the request.
-    Ok((stats::parse_metrics(&text), before + (after - before) / 2))
+    Ok((scrape, before + (after - before) / 2))
 }
 
 struct Cpu {
@@ -232,26 +204,15 @@ fn cpu_now(consumer: u32, sim: Option<u32>, broker: &[u32]) -> Cpu {
 
 /// Runs one scenario once. Cleans up (children, queues) whatever happens.
 pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<RunResult, String> {
-    let connection = connect(&AmqpUrl::new(bench.amqp_url.clone()), "bench harness")
-        .await
-        .map_err(|e| e.to_string())?;
-    let sim_port = procs::free_port();
-    let sim_url = format!("http://127.0.0.1:{sim_port}{}", mos_sim::ENDPOINT_PATH);
-    let names = names(bench, &sim_url)?;
-    let topology = Topology::new(&names.config.broker, &names.config.retry.ladder);
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    topology
-        .declare(&channel)
-        .await
-        .map_err(|e| format!("declare: {e}"))?;
+    let connection = try_connect(&bench.amqp_url, "bench harness").await?;
+    let names = names(bench, testkit::process::free_port())?;
+    let topology = &names.private.topology;
+    names.private.declare(&connection).await?;
 
     let mut sim = None;
     let result = async {
         if !scenario.kind.is_bare() {
-            sim = Some(start_sim(bench, scenario, run, sim_port).await?);
+            sim = Some(start_sim(bench, scenario, run, names.sim_port).await?);
         }
         measure(
             bench,
@@ -259,7 +220,7 @@ pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<
             run,
             &connection,
             &names,
-            &topology,
+            topology,
             sim.as_ref(),
         )
         .await
@@ -269,7 +230,7 @@ pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<
     if let Some(sim) = sim {
         sim.stop(Duration::from_secs(10)).await;
     }
-    if let Err(e) = topology.delete(&channel).await {
+    if let Err(e) = names.private.delete(&connection).await {
         eprintln!("bench: could not delete the private topology: {e}");
     }
     let _ = connection.close(200, "bench done".into()).await;
@@ -298,7 +259,7 @@ async fn start_sim(
     let env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
     let mut sim = Proc::spawn("mos-sim", &bench.sim_bin, &args, &env, log, false)?;
     let health = format!("http://127.0.0.1:{port}/_sim/healthz");
-    if !procs::wait_until(Duration::from_secs(20), || get_ok(&bench.http, &health)).await {
+    if !wait_until(Duration::from_secs(20), || get_ok(&bench.http, &health)).await {
         let exited = sim.exited();
         sim.stop(Duration::from_secs(2)).await;
         return Err(format!("mos-sim did not become healthy ({exited:?})"));
@@ -349,25 +310,7 @@ async fn measure(
         measure_bare(bench, scenario, run, topology, &broker, &mut result).await?;
     } else {
         measure_worker(bench, scenario, run, names, sim_pid, &broker, &mut result).await?;
-        let sim_stats: SimStats = bench
-            .http
-            .get(format!(
-                "http://{}/_sim/stats",
-                names
-                    .config
-                    .link
-                    .endpoint_url
-                    .socket_addrs(|| None)
-                    .ok()
-                    .and_then(|a| a.first().copied())
-                    .ok_or("sim address")?
-            ))
-            .send()
-            .await
-            .map_err(|e| format!("sim stats: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("sim stats: {e}"))?;
+        let sim_stats = testkit::sim::remote_stats(&bench.http, names.sim_port).await?;
         result.api_calls = sim_stats.requests;
         result.calls_per_event = sim_stats.requests as f64 / n as f64;
         // Nothing lost, nothing linked twice.
@@ -422,8 +365,8 @@ async fn measure_worker(
     result: &mut RunResult,
 ) -> Result<(), String> {
     let n = result.events;
-    let ops_port = procs::free_port();
-    let mut env = names.vars.clone();
+    let ops_port = testkit::process::free_port();
+    let mut env = names.private.vars.clone();
     env.push(("LINKER_HTTP_ADDR".into(), format!("127.0.0.1:{ops_port}")));
     env.extend(bench.worker_env.iter().cloned());
     let log = bench
@@ -440,8 +383,7 @@ async fn measure_worker(
     let outcome = async {
         let readyz = format!("http://127.0.0.1:{ops_port}/readyz");
         let metrics = format!("http://127.0.0.1:{ops_port}/metrics");
-        let ready =
-            procs::wait_until(Duration::from_secs(60), || get_ok(&bench.http, &readyz)).await;
+        let ready = wait_until(Duration::from_secs(60), || get_ok(&bench.http, &readyz)).await;
         if !ready {
             return Err(format!(
                 "the worker did not become ready within 60 s ({:?}); see {}",
@@ -512,12 +454,23 @@ async fn measure_worker(
     }
     .await;
     let code = worker.stop(Duration::from_secs(30)).await;
-    outcome?;
-    if code != Some(0) {
-        return Err(format!(
+    exited_0(outcome, code, |code| {
+        format!(
             "the worker exited with {code:?} on SIGTERM; see {}",
             log.display()
-        ));
+        )
+    })
+}
+
+/// The measurement's own error first; else the consumer must have exited 0.
+fn exited_0(
+    outcome: Result<(), String>,
+    code: Option<i32>,
+    describe: impl FnOnce(Option<i32>) -> String,
+) -> Result<(), String> {
+    outcome?;
+    if code != Some(0) {
+        return Err(describe(code));
     }
     Ok(())
 }
@@ -643,9 +596,7 @@ async fn measure_bare(
     }
     .await;
     let code = bare.finish(Duration::from_secs(10)).await;
-    outcome?;
-    if code != Some(0) {
-        return Err(format!("the bare consumer exited with {code:?}"));
-    }
-    Ok(())
+    exited_0(outcome, code, |code| {
+        format!("the bare consumer exited with {code:?}")
+    })
 }

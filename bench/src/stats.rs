@@ -1,84 +1,5 @@
-//! Reading the worker's /metrics, histogram quantiles, medians.
-
-use std::collections::BTreeMap;
-
-/// What the harness needs from one scrape of the worker's /metrics.
-#[derive(Debug, Default, Clone)]
-pub struct Scrape {
-    /// `identity_linker_messages_total`, by outcome (all event types summed).
-    pub outcomes: BTreeMap<String, u64>,
-    /// `identity_linker_message_duration_seconds` buckets: (upper bound, cumulative count).
-    pub duration_buckets: Vec<(f64, u64)>,
-    pub api_requests: u64,
-    /// `_sum` and `_count` of the API call and message duration histograms (exact means).
-    pub api_duration: (f64, u64),
-    pub message_duration: (f64, u64),
-    pub cache_hits: u64,
-    pub retries: u64,
-}
-
-impl Scrape {
-    pub fn settled(&self) -> u64 {
-        self.outcomes.values().sum()
-    }
-    pub fn outcome(&self, name: &str) -> u64 {
-        self.outcomes.get(name).copied().unwrap_or(0)
-    }
-}
-
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-    let end = labels[start..].find('"')? + start;
-    Some(&labels[start..end])
-}
-
-/// Parses the Prometheus / OpenMetrics text of the worker.
-pub fn parse_metrics(text: &str) -> Scrape {
-    let mut scrape = Scrape::default();
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, labels)) => (name, labels.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let count = value as u64;
-        match name {
-            "identity_linker_messages_total" => {
-                if let Some(outcome) = label(labels, "outcome") {
-                    *scrape.outcomes.entry(outcome.to_owned()).or_default() += count;
-                }
-            }
-            "identity_linker_message_duration_seconds_bucket" => {
-                if let Some(le) = label(labels, "le") {
-                    let bound = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().unwrap_or(f64::INFINITY)
-                    };
-                    scrape.duration_buckets.push((bound, count));
-                }
-            }
-            "identity_linker_api_requests_total" => scrape.api_requests += count,
-            "identity_linker_api_request_duration_seconds_sum" => scrape.api_duration.0 = value,
-            "identity_linker_api_request_duration_seconds_count" => scrape.api_duration.1 = count,
-            "identity_linker_message_duration_seconds_sum" => scrape.message_duration.0 = value,
-            "identity_linker_message_duration_seconds_count" => scrape.message_duration.1 = count,
-            "identity_linker_linked_cache_hits_total" => scrape.cache_hits += count,
-            "identity_linker_retries_total" => scrape.retries += count,
-            _ => {}
-        }
-    }
-    scrape.duration_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    scrape
-}
+//! Histogram quantiles and medians over the worker's /metrics (parsed by
+//! `testkit::scrape`).
 
 /// Bucket-wise difference `later - earlier` (same bounds), so a quantile can
 /// cover only the measurement window.
@@ -192,20 +113,6 @@ mod tests {
             histogram_quantile(0.5, &[(1.0, 0), (f64::INFINITY, 0)]),
             None
         );
-    }
-
-    #[test]
-    fn parses_worker_metrics() {
-        let text = "# TYPE identity_linker_messages counter\n\
-            identity_linker_messages_total{event_type=\"user.logged_in\",outcome=\"linked\"} 7\n\
-            identity_linker_messages_total{event_type=\"other\",outcome=\"linked\"} 1\n\
-            identity_linker_message_duration_seconds_bucket{le=\"0.001\"} 3\n\
-            identity_linker_message_duration_seconds_bucket{le=\"+Inf\"} 8\n\
-            # EOF\n";
-        let scrape = parse_metrics(text);
-        assert_eq!(scrape.outcome("linked"), 8);
-        assert_eq!(scrape.settled(), 8);
-        assert_eq!(scrape.duration_buckets.len(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mos_sim::{Faults, RateFault, SimConfig};
+use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 
@@ -13,18 +13,8 @@ async fn a_refused_key_pauses_the_worker_and_it_resumes_by_itself() {
         ..SimConfig::default()
     };
     let mut app = TestApp::spawn_with(sim, &[("LINKER_CIRCUIT_PROBE_INTERVAL", "300ms")]).await;
-    for i in 0..5 {
-        app.publish_pair(
-            "user.logged_in",
-            &format!("a-key-{i}"),
-            &format!("u-key-{i}"),
-        )
-        .await;
-    }
-    wait_for("the circuit to open", Duration::from_secs(10), || async {
-        app.metrics.circuit_open.get() == 1
-    })
-    .await;
+    app.publish_pairs("user.logged_in", "key", 5).await;
+    app.wait_circuit_open(Duration::from_secs(10)).await;
     let (status, body) = app.readyz().await;
     assert_eq!(status, 503);
     assert_eq!(body["reason"], "circuit_open_key_refused");
@@ -32,14 +22,14 @@ async fn a_refused_key_pauses_the_worker_and_it_resumes_by_itself() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(app.sim.stats().status(401) >= 2, "probes were made");
     assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
-    assert_eq!(app.metrics.retries_delayed.get(), 0);
+    assert_eq!(app.worker.retries_delayed(), 0);
     assert_eq!(app.outcome("dead_lettered"), 0);
 
     app.sim.set_key(KEY);
     app.wait_settled(5).await;
     assert_eq!(app.outcome("linked") + app.outcome("already_linked"), 5);
     assert_eq!(app.sim.stats().links, 5);
-    assert_eq!(app.metrics.circuit_open.get(), 0);
+    assert_eq!(app.worker.circuit_open(), 0);
     app.wait_ready().await;
     app.stop_worker().await;
     assert_eq!(
@@ -52,19 +42,8 @@ async fn a_refused_key_pauses_the_worker_and_it_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_transient_failures_in_a_row_open_the_circuit() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            rate: Some(RateFault {
-                status: 503,
-                probability: 1.0,
-            }),
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
     let mut app = TestApp::spawn_with(
-        sim,
+        faulty(always(503)),
         &[
             ("LINKER_CIRCUIT_FAILURE_THRESHOLD", "20"),
             ("LINKER_IMMEDIATE_RETRIES", "3"),
@@ -73,28 +52,18 @@ async fn twenty_transient_failures_in_a_row_open_the_circuit() {
         ],
     )
     .await;
-    for i in 0..10 {
-        app.publish_pair(
-            "user.logged_in",
-            &format!("a-out-{i}"),
-            &format!("u-out-{i}"),
-        )
-        .await;
-    }
-    wait_for("the circuit to open", Duration::from_secs(15), || async {
-        app.metrics.circuit_open.get() == 1
-    })
-    .await;
+    app.publish_pairs("user.logged_in", "out", 10).await;
+    app.wait_circuit_open(Duration::from_secs(15)).await;
     let (status, body) = app.readyz().await;
     assert_eq!(status, 503);
     assert_eq!(body["reason"], "circuit_open_target_unavailable");
-    assert!(app.sim.stats().requests >= 20);
+    assert!(app.requests() >= 20);
     // Calls already sleeping in backoff may still go out once; then only
     // probes reach the target (about one per 300 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let calls_when_open = app.sim.stats().requests;
+    let calls_when_open = app.requests();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let calls_during = app.sim.stats().requests - calls_when_open;
+    let calls_during = app.requests() - calls_when_open;
     assert!(calls_during <= 5, "{calls_during} calls in 1 s while open");
     assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
 

@@ -1,29 +1,13 @@
 //! Contract sections 6 and 9: dead letters can be inspected and replayed.
 
 use identity_link_worker::broker::dlq;
-use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_moves_dead_letters_back_and_they_then_link() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            statuses: vec![422, 422, 422],
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    let app = TestApp::spawn_with(sim, &[]).await;
-    for i in 0..3 {
-        app.publish_pair(
-            "user.signed_up",
-            &format!("a-replay-{i}"),
-            &format!("u-replay-{i}"),
-        )
-        .await;
-    }
+    let app = TestApp::spawn_with(faulty(statuses(&[422, 422, 422])), &[]).await;
+    app.publish_pairs("user.signed_up", "replay", 3).await;
     app.publish("user.logged_in", b"not json").await;
     app.wait_settled(4).await;
     assert_eq!(app.outcome("dead_lettered"), 4);
@@ -55,23 +39,12 @@ async fn replay_moves_dead_letters_back_and_they_then_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_messages_start_with_attempts_reset() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            statuses: vec![400],
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    let app = TestApp::spawn_with(sim, &[]).await;
+    let app = TestApp::spawn_with(faulty(statuses(&[400])), &[]).await;
     app.publish_pair("user.logged_in", "a-reset", "u-reset")
         .await;
     app.wait_settled(1).await;
     // Make the replayed copy fail transiently once so we can see its attempts header.
-    app.sim.set_faults(Faults {
-        statuses: vec![503, 503, 503, 503],
-        ..Faults::default()
-    });
+    app.sim.set_faults(statuses(&[503, 503, 503, 503]));
     let report = dlq::replay(&app.connection, &app.topology, 10, None)
         .await
         .unwrap();

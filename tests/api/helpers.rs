@@ -1,49 +1,30 @@
 //! Test harness: a worker built in process with a private topology (random
 //! names), a private mos-sim on port 0, and a test-side broker connection.
-//! A missing broker fails the test loudly; nothing is skipped.
+//! A missing broker fails the test loudly; nothing is skipped. The shared
+//! pieces are in `testkit`; what is here is this suite's own.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use identity_link_worker::app::Application;
-use identity_link_worker::broker::connection::{connect, open_confirm_channel};
+use identity_link_worker::broker::headers;
 use identity_link_worker::broker::publisher::Publisher;
 use identity_link_worker::broker::topology::Topology;
-use identity_link_worker::config::{AmqpUrl, Config, DEFAULT_AMQP_URL};
-use identity_link_worker::ops::metrics::Metrics;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::message::Delivery;
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Connection};
-use mos_sim::{MosSim, SimConfig};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use mos_sim::{Faults, MosSim, RateFault, SimConfig};
+use testkit::names::{Vars, private_vars};
+use testkit::worker::{InProcess, Private};
+
+pub use testkit::broker::{amqp_url, broker, depth};
+pub use testkit::names::with;
+pub use testkit::wait::wait_for;
 
 pub const KEY: &str = "test-secret-key-3f9a";
 
-pub fn amqp_url() -> String {
-    std::env::var("LINKER_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
-}
-
-pub fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
-}
-
-pub async fn broker() -> Connection {
-    match connect(&AmqpUrl::new(amqp_url()), "identity-link-worker tests").await {
-        Ok(connection) => connection,
-        Err(error) => panic!(
-            "RabbitMQ is required for these tests and is not reachable: {error}. \
-             Start it with `rabbitmq-server -detached` (scripts/test does this)."
-        ),
-    }
-}
-
 /// A private mos-sim on port 0.
 pub async fn start_sim(config: SimConfig) -> MosSim {
-    MosSim::start("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap()
+    testkit::sim::start(config).await
 }
 
 /// The simulator configuration every test starts from: it accepts [`KEY`].
@@ -54,94 +35,89 @@ pub fn sim_config() -> SimConfig {
     }
 }
 
-pub struct TestApp {
-    pub sim: MosSim,
-    pub config: Config,
-    pub ops: SocketAddr,
-    pub metrics: Arc<Metrics>,
-    pub topology: Topology,
-    pub connection: Connection,
-    pub publisher: Publisher,
-    stop: CancellationToken,
-    worker: Option<JoinHandle<()>>,
+/// [`sim_config`] with `faults`.
+pub fn faulty(faults: Faults) -> SimConfig {
+    SimConfig {
+        faults,
+        ..sim_config()
+    }
+}
+
+/// The target answers these statuses, one per call, then succeeds.
+pub fn statuses(statuses: &[u16]) -> Faults {
+    Faults {
+        statuses: statuses.to_vec(),
+        ..Faults::default()
+    }
+}
+
+/// The target answers `status` to every call.
+pub fn always(status: u16) -> Faults {
+    Faults {
+        rate: Some(RateFault {
+            status,
+            probability: 1.0,
+        }),
+        ..Faults::default()
+    }
 }
 
 /// Variables on top of the test defaults (fast retry ladder, port 0, private names).
-pub fn base_vars(sim: &MosSim) -> Vec<(String, String)> {
-    let suffix = suffix();
-    vec![
-        ("LINKER_AMQP_URL".into(), amqp_url()),
-        ("LINKER_QUEUE".into(), format!("test-{suffix}")),
-        (
-            "LINKER_EXCHANGE".into(),
-            format!("test-{suffix}.auth.events"),
-        ),
-        ("LINKER_MOS_ENDPOINT_URL".into(), sim.endpoint_url()),
-        ("LINKER_MOS_SECRET_KEY".into(), KEY.into()),
-        ("LINKER_HTTP_ADDR".into(), "127.0.0.1:0".into()),
-        ("LINKER_RETRY_DELAYS".into(), "200ms,400ms".into()),
-        ("LINKER_CIRCUIT_PROBE_INTERVAL".into(), "300ms".into()),
-        ("LINKER_SHUTDOWN_GRACE".into(), "5s".into()),
-    ]
+pub fn base_vars(sim: &MosSim) -> Vars {
+    with(
+        private_vars("test", &amqp_url(), &sim.endpoint_url(), KEY),
+        &[
+            ("LINKER_HTTP_ADDR", "127.0.0.1:0"),
+            ("LINKER_RETRY_DELAYS", "200ms,400ms"),
+            ("LINKER_CIRCUIT_PROBE_INTERVAL", "300ms"),
+            ("LINKER_SHUTDOWN_GRACE", "5s"),
+        ],
+    )
 }
 
-pub fn with(mut vars: Vec<(String, String)>, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (name, value) in overrides {
-        vars.retain(|(k, _)| k != name);
-        vars.push(((*name).to_owned(), (*value).to_owned()));
-    }
-    vars
+pub struct TestApp {
+    pub sim: MosSim,
+    pub private: Private,
+    /// The running worker and its metrics.
+    pub worker: InProcess,
+    pub ops: SocketAddr,
+    pub topology: Topology,
+    pub connection: Connection,
+    pub publisher: Publisher,
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        Self::spawn_with(
-            SimConfig {
-                secret_key: KEY.into(),
-                ..SimConfig::default()
-            },
-            &[],
-        )
-        .await
+        Self::spawn_with(sim_config(), &[]).await
     }
 
     pub async fn spawn_with(sim_config: SimConfig, overrides: &[(&str, &str)]) -> Self {
         let sim = start_sim(sim_config).await;
-        let vars = with(base_vars(&sim), overrides);
-        let config = Config::from_vars(vars).expect("test configuration");
-        Self::start(sim, config).await
+        let private = Private::from_vars(with(base_vars(&sim), overrides));
+        Self::start(sim, private).await
     }
 
-    pub async fn start(sim: MosSim, config: Config) -> Self {
-        // Logs appear with a failing test's output (RUST_LOG=debug for more).
-        identity_link_worker::ops::telemetry::init_with_default(
-            identity_link_worker::config::LogFormat::Text,
-            identity_link_worker::config::IdentifierLogging::Hashed,
-            "warn",
-        );
+    /// Starts the worker for `private` and waits until it is ready.
+    pub async fn start(sim: MosSim, private: Private) -> Self {
         let connection = broker().await;
-        let app = Application::build(config.clone())
-            .await
-            .expect("worker builds");
-        let ops = app.ops_addr();
-        let metrics = app.metrics();
-        let topology = app.topology().clone();
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(app.run_until_stopped(stop.clone()));
-        let publisher = Publisher::new(open_confirm_channel(&connection).await.unwrap());
+        let worker = InProcess::start(&private).await;
+        let publisher = testkit::broker::publisher(&connection).await;
         let test = Self {
             sim,
-            config,
-            ops,
-            metrics,
-            topology,
+            ops: worker.ops,
+            topology: worker.topology.clone(),
+            private,
+            worker,
             connection,
             publisher,
-            stop,
-            worker: Some(worker),
         };
         test.wait_ready().await;
         test
+    }
+
+    /// The exchange the worker consumes from.
+    pub fn exchange(&self) -> &str {
+        self.private.exchange()
     }
 
     pub async fn wait_ready(&self) {
@@ -174,7 +150,7 @@ impl TestApp {
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         self.publisher
-            .publish(&self.config.broker.exchange, routing_key, body, properties)
+            .publish(self.exchange(), routing_key, body, properties)
             .await
             .expect("test publish confirmed");
     }
@@ -191,113 +167,95 @@ impl TestApp {
         self.publish(routing_key, body.as_bytes()).await;
     }
 
+    /// `n` distinct pairs `a-{name}-{i}` / `u-{name}-{i}`.
+    pub async fn publish_pairs(&self, routing_key: &str, name: &str, n: usize) {
+        for i in 0..n {
+            self.publish_pair(
+                routing_key,
+                &format!("a-{name}-{i}"),
+                &format!("u-{name}-{i}"),
+            )
+            .await;
+        }
+    }
+
     /// Waits until at least `n` messages have a final or retry outcome.
     pub async fn wait_settled(&self, n: u64) {
-        let metrics = self.metrics.clone();
         wait_for(
             &format!("{n} messages to settle"),
             Duration::from_secs(30),
-            || {
-                let metrics = metrics.clone();
-                async move { metrics.settled_total() >= n }
-            },
+            || async { self.worker.settled() >= n },
         )
         .await;
     }
 
+    /// Publishes each of `bodies`.
+    pub async fn publish_each(&self, routing_key: &str, bodies: impl IntoIterator<Item = &[u8]>) {
+        for body in bodies {
+            self.publish(routing_key, body).await;
+        }
+    }
+
+    /// Waits until `n` messages settled, stops the worker, and checks that
+    /// every message was acked: nothing is left in (or returned to) the
+    /// work queue.
+    pub async fn settle_and_stop(&mut self, n: u64) {
+        self.wait_settled(n).await;
+        self.stop_worker().await;
+        assert_eq!(self.depth(&self.topology.queue).await, 0, "all acked");
+    }
+
+    /// Waits until the circuit is open.
+    pub async fn wait_circuit_open(&self, limit: Duration) {
+        wait_for("the circuit to open", limit, || async {
+            self.worker.circuit_open() == 1
+        })
+        .await;
+    }
+
+    /// Calls the simulator has answered.
+    pub fn requests(&self) -> u64 {
+        self.sim.stats().requests
+    }
+
     pub fn outcome(&self, name: &str) -> u64 {
-        self.metrics
-            .outcome_totals()
-            .into_iter()
-            .find(|(o, _)| *o == name)
-            .map_or(0, |(_, n)| n)
+        self.worker.outcome(name)
     }
 
     pub async fn depth(&self, queue: &str) -> u32 {
-        queue_depth(&self.connection, queue).await
+        depth(&self.connection, queue).await
     }
 
     /// Takes every dead letter out of the dead-letter queue (acked).
-    pub async fn take_dead_letters(&self) -> Vec<lapin::message::Delivery> {
-        take_all(&self.connection, &self.topology.dead_letter).await
+    pub async fn take_dead_letters(&self) -> Vec<Delivery> {
+        testkit::broker::take_all(&self.connection, &self.topology.dead_letter).await
     }
 
     /// Stops the worker (graceful) and waits for it.
     pub async fn stop_worker(&mut self) {
-        self.stop.cancel();
-        if let Some(worker) = self.worker.take() {
-            tokio::time::timeout(Duration::from_secs(30), worker)
-                .await
-                .expect("worker stops within 30 s")
-                .expect("worker task did not panic");
-        }
+        self.worker.stop().await;
     }
 
     /// Stops the worker and deletes the private topology.
     pub async fn finish(mut self) {
         self.stop_worker().await;
-        let channel = self.connection.create_channel().await.unwrap();
-        self.topology.delete(&channel).await.unwrap();
+        self.private
+            .delete(&self.connection)
+            .await
+            .expect("delete the private topology");
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
 
-pub async fn queue_depth(connection: &Connection, queue: &str) -> u32 {
-    let channel = connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = channel.close(200, "ok".into()).await;
-    declared.message_count()
+pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    headers::get_str(&delivery.properties, name)
 }
 
-pub async fn take_all(connection: &Connection, queue: &str) -> Vec<lapin::message::Delivery> {
-    let channel = connection.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-    {
-        message
-            .delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .unwrap();
-        out.push(message.delivery);
-    }
-    let _ = channel.close(200, "ok".into()).await;
-    out
+pub fn header_u32(delivery: &Delivery, name: &str) -> u32 {
+    headers::get_u32(&delivery.properties, name)
 }
 
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-pub fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
-    identity_link_worker::broker::headers::get_str(&delivery.properties, name)
-}
-
-pub fn header_u32(delivery: &lapin::message::Delivery, name: &str) -> u32 {
-    identity_link_worker::broker::headers::get_u32(&delivery.properties, name)
+/// The dead letter's `x-linker-reason`.
+pub fn reason(delivery: &Delivery) -> Option<String> {
+    header(delivery, headers::REASON)
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use identity_link_worker::broker::headers;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
-use mos_sim::{Faults, SimConfig};
+use mos_sim::SimConfig;
 
 use crate::helpers::*;
 
@@ -18,11 +18,7 @@ async fn malformed_body_is_dead_lettered_with_all_headers_and_the_original_kept(
         .with_content_type(ShortString::from("application/json"));
     app.publish_raw("user.logged_in", b"{not json", properties)
         .await;
-    app.wait_settled(1).await;
-    app.stop_worker().await;
-
-    // Acked: nothing is left in (or returned to) the work queue.
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.settle_and_stop(1).await;
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
     let letter = &dead[0];
@@ -39,16 +35,13 @@ async fn malformed_body_is_dead_lettered_with_all_headers_and_the_original_kept(
             .map(|s| s.as_str()),
         Some("application/json")
     );
-    assert_eq!(
-        header(letter, headers::REASON).as_deref(),
-        Some("malformed")
-    );
+    assert_eq!(reason(letter).as_deref(), Some("malformed"));
     let error = header(letter, headers::ERROR).unwrap();
     assert!(error.contains("not valid JSON"), "{error}");
     assert_eq!(header_u32(letter, headers::ATTEMPTS), 0);
     assert_eq!(
         header(letter, headers::ORIGINAL_EXCHANGE).as_deref(),
-        Some(app.config.broker.exchange.as_str())
+        Some(app.exchange())
     );
     assert_eq!(
         header(letter, headers::ORIGINAL_ROUTING_KEY).as_deref(),
@@ -58,11 +51,7 @@ async fn malformed_body_is_dead_lettered_with_all_headers_and_the_original_kept(
     time::OffsetDateTime::parse(&failed_at, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("x-linker-failed-at {failed_at:?} is not RFC 3339: {e}"));
     assert!(failed_at.ends_with('Z'), "UTC: {failed_at}");
-    assert_eq!(
-        app.sim.stats().requests,
-        0,
-        "no call for a malformed message"
-    );
+    assert_eq!(app.requests(), 0, "no call for a malformed message");
     app.finish().await;
 }
 
@@ -107,25 +96,24 @@ async fn each_dead_letter_reason_for_bad_input() {
             "invalid_identifier",
         ),
     ];
-    for (body, _) in &cases {
-        app.publish("user.signed_up", body).await;
-    }
-    app.wait_settled(cases.len() as u64).await;
-    app.stop_worker().await;
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.publish_each(
+        "user.signed_up",
+        cases.iter().map(|(body, _)| body.as_slice()),
+    )
+    .await;
+    app.settle_and_stop(cases.len() as u64).await;
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
     for (_, reason) in &cases {
         *want.entry((*reason).to_owned()).or_default() += 1;
     }
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
     for letter in app.take_dead_letters().await {
-        *got.entry(header(&letter, headers::REASON).unwrap())
-            .or_default() += 1;
+        *got.entry(reason(&letter).unwrap()).or_default() += 1;
         assert!(header(&letter, headers::ERROR).is_some_and(|e| !e.is_empty() && e.len() <= 1024));
     }
     assert_eq!(got, want);
     assert_eq!(app.outcome("dead_lettered"), cases.len() as u64);
-    assert_eq!(app.sim.stats().requests, 0);
+    assert_eq!(app.requests(), 0);
     app.finish().await;
 }
 
@@ -163,19 +151,16 @@ async fn skips_are_acked_without_a_call() {
             "same_identifier",
         ),
     ];
-    for (body, _) in &cases {
-        app.publish("user.logged_in", body).await;
-    }
-    app.wait_settled(cases.len() as u64).await;
-    app.stop_worker().await;
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    app.publish_each("user.logged_in", cases.iter().map(|(body, _)| *body))
+        .await;
+    app.settle_and_stop(cases.len() as u64).await;
     assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
     assert_eq!(app.outcome("skipped"), cases.len() as u64);
-    let skips: BTreeMap<&str, u64> = app.metrics.skip_totals().into_iter().collect();
+    let skips: BTreeMap<&str, u64> = app.worker.skips().into_iter().collect();
     assert_eq!(skips["no_anonymous_identifier"], 4);
     assert_eq!(skips["blocked_identifier"], 3);
     assert_eq!(skips["same_identifier"], 1);
-    assert_eq!(app.sim.stats().requests, 0);
+    assert_eq!(app.requests(), 0);
     app.finish().await;
 }
 
@@ -210,9 +195,8 @@ async fn linked_and_already_linked_follow_the_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_success_body_of_the_recipe_counts_as_linked() {
     let sim = SimConfig {
-        secret_key: KEY.into(),
         plain_success: true,
-        ..SimConfig::default()
+        ..sim_config()
     };
     let app = TestApp::spawn_with(sim, &[]).await;
     app.publish_pair("user.logged_in", "a-plain", "u-plain")
@@ -224,30 +208,15 @@ async fn plain_success_body_of_the_recipe_counts_as_linked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_rejection_is_dead_lettered_as_rejected() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            statuses: vec![422],
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    let mut app = TestApp::spawn_with(sim, &[]).await;
+    let mut app = TestApp::spawn_with(faulty(statuses(&[422])), &[]).await;
     app.publish_pair("user.logged_in", "a-rej", "u-rej").await;
     app.wait_settled(1).await;
     app.stop_worker().await;
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        header(&dead[0], headers::REASON).as_deref(),
-        Some("rejected")
-    );
+    assert_eq!(reason(&dead[0]).as_deref(), Some("rejected"));
     assert!(header(&dead[0], headers::ERROR).unwrap().contains("422"));
-    assert_eq!(
-        app.sim.stats().requests,
-        1,
-        "a permanent rejection is not retried"
-    );
+    assert_eq!(app.requests(), 1, "a permanent rejection is not retried");
     app.finish().await;
 }
 
@@ -261,9 +230,7 @@ async fn identifiers_are_found_by_every_default_pointer_shape() {
         br#"{"context":{"anonymousId":"p-a4"},"user":{"id":"p-u4"}}"#,
         br#"{"anonymousId":"p-a5","user":{"id":5005}}"#,
     ];
-    for body in bodies {
-        app.publish("user.signed_up", body).await;
-    }
+    app.publish_each("user.signed_up", bodies).await;
     app.wait_settled(5).await;
     let mut pairs: Vec<(String, String)> = app
         .sim
@@ -301,14 +268,9 @@ async fn a_deleted_dead_letter_exchange_is_redeclared_and_nothing_is_lost() {
     app.publish("user.logged_in", b"not json either").await;
     // The dead-letter publish fails, the message goes back, the worker
     // reconnects, declares the topology again, and the second try lands.
-    app.wait_settled(1).await;
-    app.stop_worker().await;
+    app.settle_and_stop(1).await;
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        header(&dead[0], headers::REASON).as_deref(),
-        Some("malformed")
-    );
-    assert_eq!(app.depth(&app.topology.queue).await, 0);
+    assert_eq!(reason(&dead[0]).as_deref(), Some("malformed"));
     app.finish().await;
 }

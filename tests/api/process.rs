@@ -4,22 +4,17 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use identity_link_worker::config::Config;
 use mos_sim::{Faults, SimConfig};
+use testkit::process::{signal, spawn_logged, wait_exit};
+use testkit::worker::Private;
 
 use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_identity-link-worker");
 
+/// The worker binary with only `vars` in its environment.
 fn command(vars: &[(String, String)]) -> Command {
-    let mut command = Command::new(BIN);
-    command.env_clear();
-    if let Ok(path) = std::env::var("PATH") {
-        command.env("PATH", path);
-    }
-    command.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    command.stdin(Stdio::null());
-    command
+    testkit::process::command(BIN, vars)
 }
 
 #[test]
@@ -102,29 +97,6 @@ async fn check_config_reaches_the_broker_and_endpoint_without_linking() {
     assert!(stdout.contains("KEY REFUSED"), "{stdout}");
 }
 
-fn sigterm(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_exits_0_and_loses_nothing() {
     let sim = start_sim(SimConfig {
@@ -142,26 +114,17 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
             ("LINKER_SHUTDOWN_GRACE", "10s"),
         ],
     );
-    let config = Config::from_vars(vars.clone()).unwrap();
+    let private = Private::from_vars(vars.clone());
     let connection = broker().await;
     // Declare first so the events are queued before the worker starts.
-    let topology =
-        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
-    topology
-        .declare(&connection.create_channel().await.unwrap())
-        .await
-        .unwrap();
-    let publisher = identity_link_worker::broker::publisher::Publisher::new(
-        identity_link_worker::broker::connection::open_confirm_channel(&connection)
-            .await
-            .unwrap(),
-    );
+    private.declare(&connection).await.unwrap();
+    let publisher = testkit::broker::publisher(&connection).await;
     let total = 400;
     for i in 0..total {
         let body = serde_json::json!({"anonymousId": format!("a-term-{i}"), "userId": format!("u-term-{i}")});
         publisher
             .publish(
-                &config.broker.exchange,
+                private.exchange(),
                 "user.logged_in",
                 body.to_string().as_bytes(),
                 lapin::BasicProperties::default().with_delivery_mode(2),
@@ -179,8 +142,8 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
         sim.stats().creates >= 50
     })
     .await;
-    sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
+    signal(child.id(), "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15), "the worker").await;
     assert_eq!(status.code(), Some(0), "graceful exit");
     let linked_by_first = sim.stats().links;
     assert!(
@@ -188,14 +151,14 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
         "stopped mid-load ({linked_by_first})"
     );
     // Whatever the first worker did not finish is back in the queue, ready.
-    let left = queue_depth(&connection, &config.broker.queue).await;
+    let left = depth(&connection, private.queue()).await;
     assert!(
         u64::from(left) >= total - linked_by_first,
         "left {left}, linked {linked_by_first}"
     );
 
     // A second worker finishes the rest: every event linked exactly once.
-    let app = TestApp::start(sim, config).await;
+    let app = TestApp::start(sim, private).await;
     wait_for("all events to link", Duration::from_secs(60), || async {
         app.sim.stats().links >= total
     })
@@ -221,33 +184,20 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
             ("LINKER_CIRCUIT_PROBE_INTERVAL", "200ms"),
         ],
     );
-    let config = Config::from_vars(vars.clone()).unwrap();
+    let private = Private::from_vars(vars.clone());
     // Trace output is large: to files, so a full pipe never blocks the worker.
     let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("out.log");
-    let err_path = dir.path().join("err.log");
-    let mut child = command(&vars)
-        .arg("run")
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(command(&vars).arg("run"), dir.path(), "worker");
     let connection = broker().await;
-    let topology =
-        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
     wait_for("the topology", Duration::from_secs(20), || async {
-        topology.verify(&connection).await.is_ok()
+        private.topology.verify(&connection).await.is_ok()
     })
     .await;
-    let publisher = identity_link_worker::broker::publisher::Publisher::new(
-        identity_link_worker::broker::connection::open_confirm_channel(&connection)
-            .await
-            .unwrap(),
-    );
+    let publisher = testkit::broker::publisher(&connection).await;
     let publish = |i: usize| {
         let body = serde_json::json!({"anonymousId": format!("a-secret-{i}"), "userId": format!("u-secret-{i}")});
         let publisher = publisher.clone();
-        let exchange = config.broker.exchange.clone();
+        let exchange = private.exchange().to_owned();
         async move {
             publisher
                 .publish(
@@ -284,13 +234,14 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
         sim.stats().links == 5
     })
     .await;
-    sigterm(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    signal(child.id(), "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20), "the worker").await;
     assert_eq!(status.code(), Some(0));
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
     let all = format!(
         "{}{}",
-        String::from_utf8_lossy(&std::fs::read(&out_path).unwrap()),
-        String::from_utf8_lossy(&std::fs::read(&err_path).unwrap())
+        String::from_utf8_lossy(&read("worker.stdout.log")),
+        String::from_utf8_lossy(&read("worker.stderr.log"))
     );
     assert!(
         all.len() > 10_000,
@@ -303,8 +254,7 @@ async fn the_secret_never_appears_in_output_even_at_trace() {
         !all.contains("u-secret-1"),
         "a plain identifier reached the logs"
     );
-    let channel = connection.create_channel().await.unwrap();
-    topology.delete(&channel).await.unwrap();
+    private.delete(&connection).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,8 +262,8 @@ async fn publish_and_dlq_commands_work_end_to_end() {
     let app = TestApp::spawn().await;
     let vars: Vec<(String, String)> = vec![
         ("LINKER_AMQP_URL".into(), amqp_url()),
-        ("LINKER_QUEUE".into(), app.config.broker.queue.clone()),
-        ("LINKER_EXCHANGE".into(), app.config.broker.exchange.clone()),
+        ("LINKER_QUEUE".into(), app.private.queue().to_owned()),
+        ("LINKER_EXCHANGE".into(), app.exchange().to_owned()),
     ];
     let output = command(&vars)
         .args([

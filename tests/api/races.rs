@@ -73,18 +73,14 @@ async fn a_repeated_login_makes_no_request() {
     app.publish_pair("user.logged_in", "a-again", "u-again")
         .await;
     app.wait_settled(1).await;
-    assert_eq!(app.sim.stats().requests, 1);
+    assert_eq!(app.requests(), 1);
     for _ in 0..5 {
         app.publish_pair("user.logged_in", "a-again", "u-again")
             .await;
     }
     app.wait_settled(6).await;
-    assert_eq!(
-        app.sim.stats().requests,
-        1,
-        "answered from the linked cache"
-    );
-    assert_eq!(app.metrics.linked_cache_hits.get(), 5);
+    assert_eq!(app.requests(), 1, "answered from the linked cache");
+    assert_eq!(app.worker.linked_cache_hits(), 5);
     assert_eq!(app.outcome("already_linked"), 5);
     app.finish().await;
 }

@@ -3,29 +3,14 @@
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::headers;
-use mos_sim::{Faults, RateFault, SimConfig};
+use mos_sim::Faults;
 
 use crate::helpers::*;
 
-fn always(status: u16) -> Faults {
-    Faults {
-        rate: Some(RateFault {
-            status,
-            probability: 1.0,
-        }),
-        ..Faults::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_ladder_ends_in_retries_exhausted() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: always(503),
-        ..SimConfig::default()
-    };
     let mut app = TestApp::spawn_with(
-        sim,
+        faulty(always(503)),
         &[
             ("LINKER_IMMEDIATE_RETRIES", "1"),
             ("LINKER_RETRY_DELAYS", "200ms,400ms"),
@@ -43,14 +28,14 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
     app.stop_worker().await;
     assert_eq!(app.outcome("retried"), 2);
     assert_eq!(app.outcome("dead_lettered"), 1);
-    assert_eq!(app.metrics.retries_delayed.get(), 2);
+    assert_eq!(app.worker.retries_delayed(), 2);
     assert_eq!(
-        app.metrics.retries_immediate.get(),
+        app.worker.retries_immediate(),
         3,
         "one immediate retry per delivery"
     );
     // 3 deliveries x (1 call + 1 immediate retry).
-    assert_eq!(app.sim.stats().requests, 6);
+    assert_eq!(app.requests(), 6);
     assert!(
         elapsed >= Duration::from_millis(600),
         "went through both delays: {elapsed:?}"
@@ -60,10 +45,7 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
     }
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        header(&dead[0], headers::REASON).as_deref(),
-        Some("retries_exhausted")
-    );
+    assert_eq!(reason(&dead[0]).as_deref(), Some("retries_exhausted"));
     assert_eq!(header_u32(&dead[0], headers::ATTEMPTS), 2);
     assert_eq!(
         header(&dead[0], headers::ORIGINAL_ROUTING_KEY).as_deref(),
@@ -71,7 +53,7 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
     );
     assert_eq!(
         header(&dead[0], headers::ORIGINAL_EXCHANGE).as_deref(),
-        Some(app.config.broker.exchange.as_str())
+        Some(app.exchange())
     );
     assert!(header(&dead[0], headers::ERROR).unwrap().contains("503"));
     app.finish().await;
@@ -80,15 +62,7 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_retry_that_then_succeeds_is_linked() {
     // 4 failures: the first delivery's call and 3 immediate retries, then success.
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            statuses: vec![500, 502, 504, 408],
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    let app = TestApp::spawn_with(sim, &[]).await;
+    let app = TestApp::spawn_with(faulty(statuses(&[500, 502, 504, 408])), &[]).await;
     app.publish_pair("user.signed_up", "a-later", "u-later")
         .await;
     app.wait_settled(2).await;
@@ -100,22 +74,17 @@ async fn a_delayed_retry_that_then_succeeds_is_linked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            statuses: vec![429],
-            retry_after_secs: 2,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
+    let faults = Faults {
+        retry_after_secs: 2,
+        ..statuses(&[429])
     };
-    let app = TestApp::spawn_with(sim, &[]).await;
+    let app = TestApp::spawn_with(faulty(faults), &[]).await;
     let started = Instant::now();
     app.publish_pair("user.logged_in", "a-ra", "u-ra").await;
     app.wait_settled(1).await;
     let elapsed = started.elapsed();
     assert_eq!(app.outcome("linked"), 1);
-    assert_eq!(app.metrics.retries_immediate.get(), 1);
+    assert_eq!(app.worker.retries_immediate(), 1);
     // Without Retry-After the first backoff is at most 100 ms.
     assert!(
         elapsed >= Duration::from_millis(1900),
@@ -126,19 +95,15 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_are_transient() {
-    let sim = SimConfig {
-        secret_key: KEY.into(),
-        faults: Faults {
-            drop: 2,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
+    let faults = Faults {
+        drop: 2,
+        ..Faults::default()
     };
-    let app = TestApp::spawn_with(sim, &[]).await;
+    let app = TestApp::spawn_with(faulty(faults), &[]).await;
     app.publish_pair("user.logged_in", "a-drop", "u-drop").await;
     app.wait_settled(1).await;
     assert_eq!(app.outcome("linked"), 1);
-    assert_eq!(app.metrics.retries_immediate.get(), 2);
+    assert_eq!(app.worker.retries_immediate(), 2);
     assert!(
         app.metrics_text()
             .await

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use testkit::worker::{InProcess, Private};
 
 use crate::helpers::*;
 
@@ -56,16 +57,10 @@ fn normalise(value: &Value, rename: &dyn Fn(&str) -> String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_topology_equals_deploy_definitions() {
     // Default ladder and delivery limit, like the definitions file.
-    let app = TestApp::spawn_with(
-        mos_sim::SimConfig {
-            secret_key: KEY.into(),
-            ..Default::default()
-        },
-        &[("LINKER_RETRY_DELAYS", "10s,1m,5m,15m,1h")],
-    )
-    .await;
-    let queue = app.config.broker.queue.clone();
-    let exchange = app.config.broker.exchange.clone();
+    let app =
+        TestApp::spawn_with(sim_config(), &[("LINKER_RETRY_DELAYS", "10s,1m,5m,15m,1h")]).await;
+    let queue = app.private.queue().to_owned();
+    let exchange = app.exchange().to_owned();
     let to_file = |name: &str| -> String {
         if name == exchange {
             "auth.events".to_owned()
@@ -98,22 +93,18 @@ async fn declared_topology_equals_deploy_definitions() {
         let name = v["name"].as_str().unwrap_or_default();
         name == exchange || name == queue || name.starts_with(&format!("{queue}."))
     };
-    let declared_queues: BTreeSet<String> = get("/queues/%2f")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(ours)
-        .map(|v| normalise(v, &to_file))
-        .collect();
-    let declared_exchanges: BTreeSet<String> = get("/exchanges/%2f")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(ours)
-        .map(|v| normalise(v, &to_file))
-        .collect();
+    let declared = |path: &'static str| async move {
+        get(path)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(ours)
+            .map(|v| normalise(v, &to_file))
+            .collect::<BTreeSet<String>>()
+    };
+    let declared_queues = declared("/queues/%2f").await;
+    let declared_exchanges = declared("/exchanges/%2f").await;
     assert_eq!(declared_queues, from_file("queues"), "queues differ");
     // The management API adds `internal`; compare the fields both have.
     assert_eq!(
@@ -155,13 +146,9 @@ async fn declared_topology_equals_deploy_definitions() {
 async fn with_declaration_off_a_missing_topology_keeps_the_worker_unready() {
     let sim = start_sim(sim_config()).await;
     let vars = with(base_vars(&sim), &[("LINKER_DECLARE_TOPOLOGY", "false")]);
-    let config = identity_link_worker::config::Config::from_vars(vars).unwrap();
-    let app = identity_link_worker::app::Application::build(config.clone())
-        .await
-        .unwrap();
-    let ops = app.ops_addr();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let private = Private::from_vars(vars);
+    let mut worker = InProcess::start(&private).await;
+    let ops = worker.ops;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let ready = reqwest::get(format!("http://{ops}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -172,15 +159,12 @@ async fn with_declaration_off_a_missing_topology_keeps_the_worker_unready() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|q| q["name"] == config.broker.queue.as_str())
+            .any(|q| q["name"] == private.queue())
     );
 
     // Once an operator declares it, the worker gets ready by itself.
     let connection = broker().await;
-    let topology =
-        identity_link_worker::broker::topology::Topology::new(&config.broker, &config.retry.ladder);
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
+    private.declare(&connection).await.unwrap();
     wait_for("readiness", std::time::Duration::from_secs(30), || async {
         reqwest::get(format!("http://{ops}/readyz"))
             .await
@@ -188,7 +172,6 @@ async fn with_declaration_off_a_missing_topology_keeps_the_worker_unready() {
             .unwrap_or(false)
     })
     .await;
-    stop.cancel();
-    worker.await.unwrap();
-    topology.delete(&channel).await.unwrap();
+    worker.stop().await;
+    private.delete(&connection).await.unwrap();
 }

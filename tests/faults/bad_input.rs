@@ -79,6 +79,25 @@ const CONTROL: [char; 8] = [
     '\u{0}', '\u{1}', '\u{8}', '\u{1B}', '\u{7F}', '\u{85}', '\u{9F}', '\n',
 ];
 
+/// `s` padded to exactly `len` bytes, with two-byte characters where they fit.
+fn pad(s: &str, len: usize) -> String {
+    let mut long = s.to_owned();
+    while long.len() + 2 <= len {
+        long.push('é');
+    }
+    while long.len() < len {
+        long.push('z');
+    }
+    long
+}
+
+/// `map` with the pair added, as a JSON object.
+fn with_pair(mut map: serde_json::Map<String, Value>, a: &str, u: &str) -> String {
+    map.insert("anonymousId".into(), json!(a));
+    map.insert("userId".into(), json!(u));
+    Value::Object(map).to_string()
+}
+
 fn random_string(rng: &mut StdRng, max: usize) -> String {
     let len = rng.random_range(0..=max);
     (0..len)
@@ -201,13 +220,7 @@ fn huge_case(rng: &mut StdRng, i: usize, a: &str, u: &str) -> Case {
             for k in 0..75_000 {
                 map.insert(format!("k{k}"), json!(k));
             }
-            map.insert("anonymousId".into(), json!(a));
-            map.insert("userId".into(), json!(u));
-            case(
-                "1MiB object, 75k keys",
-                Value::Object(map).to_string(),
-                link(a, u),
-            )
+            case("1MiB object, 75k keys", with_pair(map, a, u), link(a, u))
         }
         _ => case(
             "1MiB array",
@@ -251,13 +264,7 @@ fn small_case(rng: &mut StdRng, a: &str, u: &str) -> Case {
                 let key = format!("x{}", random_string(rng, 6));
                 map.insert(key, random_value(rng, 4));
             }
-            map.insert("anonymousId".into(), json!(a));
-            map.insert("userId".into(), json!(u));
-            case(
-                "pair + random fields",
-                Value::Object(map).to_string(),
-                link(a, u),
-            )
+            case("pair + random fields", with_pair(map, a, u), link(a, u))
         }
         4 => {
             let d = rng.random_range(1..=100);
@@ -367,13 +374,7 @@ fn small_case(rng: &mut StdRng, a: &str, u: &str) -> Case {
         }
         16 => {
             // Exactly at the limit: 512 bytes (multi-byte characters) is valid.
-            let mut long_a = a.to_owned();
-            while long_a.len() + 2 <= 512 {
-                long_a.push('é');
-            }
-            while long_a.len() < 512 {
-                long_a.push('z');
-            }
+            let long_a = pad(a, 512);
             case(
                 "512-byte anonymous",
                 json!({"anonymousId": long_a, "userId": u}).to_string(),
@@ -381,13 +382,7 @@ fn small_case(rng: &mut StdRng, a: &str, u: &str) -> Case {
             )
         }
         17 => {
-            let mut long_u = u.to_owned();
-            while long_u.len() + 2 <= 513 {
-                long_u.push('é');
-            }
-            while long_u.len() < 513 {
-                long_u.push('z');
-            }
+            let long_u = pad(u, 513);
             case(
                 "513-byte user",
                 json!({"anonymousId": a, "userId": long_u}).to_string(),
@@ -614,14 +609,10 @@ async fn s07_bad_input_one_outcome_each_and_bounded_memory() {
 
     // Queue everything first, then let one worker at it.
     let connection = broker().await;
-    let publisher = identity_link_worker::broker::publisher::Publisher::new(
-        identity_link_worker::broker::connection::open_confirm_channel(&connection)
-            .await
-            .unwrap(),
-    );
+    let publisher = testkit::broker::publisher(&connection).await;
     {
         use futures_util::StreamExt;
-        let exchange = scenario.config.broker.exchange.as_str();
+        let exchange = scenario.exchange();
         let results: Vec<_> = futures_util::stream::iter(cases.iter().zip(&events))
             .map(|(c, e)| {
                 let publisher = publisher.clone();

@@ -3,24 +3,20 @@
 
 use std::time::{Duration, Instant};
 
-use mos_sim::{Faults, SimConfig};
+use mos_sim::SimConfig;
+use tokio::task::JoinHandle;
 
 use crate::harness::*;
 
 const TOTAL: usize = 6_000;
 
+/// A 20 ms target latency.
 fn sim() -> SimConfig {
-    SimConfig {
-        faults: Faults {
-            latency_ms: 20,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    }
+    testkit::sim::latency(20)
 }
 
 /// Publishes `events` in the background at about 1 000 per second.
-fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usize> {
+fn produce(scenario: &Scenario, events: &[Event]) -> JoinHandle<usize> {
     let mut producer = Producer::new(scenario);
     let events = events.to_vec();
     tokio::spawn(async move {
@@ -33,14 +29,41 @@ fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usi
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s02_connection_cut_repeatedly_recovers_by_itself() {
-    let scenario = Scenario::new("s02-connection-cut", sim(), &[]).await;
+/// A scenario under way: its worker ready, [`TOTAL`] events being
+/// published (the task yields how many the producer had to publish again).
+async fn start(
+    name: &'static str,
+) -> (
+    Scenario,
+    Vec<Event>,
+    ReadyRecorder,
+    Worker,
+    JoinHandle<usize>,
+) {
+    let scenario = Scenario::new(name, sim(), &[]).await;
     let events = mixed_load(&scenario.tag, TOTAL);
     let ready = ReadyRecorder::start(scenario.ops);
-    let mut worker = scenario.spawn_worker("worker");
+    let worker = scenario.spawn_worker("worker");
     worker.wait_ready(Duration::from_secs(30)).await;
     let producing = produce(&scenario, &events);
+    (scenario, events, ready, worker, producing)
+}
+
+/// What readiness did, and what the producer and the worker repeated.
+fn note_readiness(ready: &ReadyRecorder, republished: usize, t: &Tally, scan: &ScanReport) {
+    note(&format!(
+        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
+        ready.downs(),
+        ready.ups(),
+        ready.reasons(),
+        t.repeated_calls,
+        scan.describe()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_connection_cut_repeatedly_recovers_by_itself() {
+    let (scenario, events, ready, mut worker, producing) = start("s02-connection-cut").await;
 
     let cuts = 3;
     let mut recoveries = Vec::new();
@@ -74,14 +97,8 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
         ));
     }
     let republished = producing.await.unwrap();
-    wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End { tally: t, scan, .. } =
+        drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(120)).await;
     let worst = recoveries.iter().max().copied().unwrap_or_default();
     Summary {
         scenario: "2 connection cut",
@@ -94,32 +111,17 @@ async fn s02_connection_cut_repeatedly_recovers_by_itself() {
         recovery: format!("not ready for <= {} per cut", secs(worst)),
     }
     .print();
-    note(&format!(
-        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
-        ready.downs(),
-        ready.ups(),
-        ready.reasons(),
-        t.repeated_calls,
-        scan.describe()
-    ));
+    note_readiness(&ready, republished, &t, &scan);
     assert!(ready.downs() >= cuts, "readiness went down at each cut");
     assert!(ready.ups() >= cuts, "and came back each time");
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_broker_restart_recovers_by_itself() {
     let _guard = BrokerGuard;
-    let scenario = Scenario::new("s03-broker-restart", sim(), &[]).await;
-    let events = mixed_load(&scenario.tag, TOTAL);
-    let ready = ReadyRecorder::start(scenario.ops);
-    let mut worker = scenario.spawn_worker("worker");
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let producing = produce(&scenario, &events);
+    let (scenario, events, ready, mut worker, producing) = start("s03-broker-restart").await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let links = scenario.sim.stats().links;
@@ -153,14 +155,8 @@ async fn s03_broker_restart_recovers_by_itself() {
     .await;
     let up = ready.ready_at_or_after(started).unwrap();
     let republished = producing.await.unwrap();
-    wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End { tally: t, scan, .. } =
+        drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(120)).await;
     Summary {
         scenario: "3 broker restart",
         load: format!(
@@ -178,19 +174,9 @@ async fn s03_broker_restart_recovers_by_itself() {
         ),
     }
     .print();
-    note(&format!(
-        "readiness downs {} ups {} reasons {:?}; producer republished {republished}; repeated link calls {}; {}",
-        ready.downs(),
-        ready.ups(),
-        ready.reasons(),
-        t.repeated_calls,
-        scan.describe()
-    ));
+    note_readiness(&ready, republished, &t, &scan);
     note(&format!("readiness: {}", ready.timeline(stopping)));
     assert!(ready.downs() >= 1 && ready.ups() >= 1);
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }

@@ -7,8 +7,7 @@
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::{dlq, headers};
-use lapin::options::BasicGetOptions;
-use mos_sim::{Faults, SimConfig};
+use mos_sim::Faults;
 
 use crate::harness::*;
 
@@ -30,14 +29,8 @@ async fn s06_poison_message_is_dead_lettered_at_the_delivery_limit() {
     let limit = LIMIT.to_string();
     let scenario = Scenario::new(
         "s06-poison",
-        SimConfig {
-            // The link call hangs: the worker holds the message when killed.
-            faults: Faults {
-                latency_ms: 600_000,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
+        // The link call hangs: the worker holds the message when killed.
+        testkit::sim::latency(600_000),
         &[
             ("LINKER_DELIVERY_LIMIT", limit.as_str()),
             ("LINKER_HTTP_TIMEOUT", "10m"),
@@ -117,29 +110,21 @@ async fn s06_poison_message_is_dead_lettered_at_the_delivery_limit() {
         poison.body.as_slice(),
         "body kept"
     );
-    let channel = connection.create_channel().await.unwrap();
-    let letter = channel
-        .basic_get(
-            scenario.topology.dead_letter.as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
+    // Looked at and put back.
+    let letter = testkit::broker::peek(&connection, &scenario.topology.dead_letter, 1)
         .await
-        .unwrap()
+        .pop()
         .expect("the dead letter");
     assert_eq!(
-        headers::x_death_reason(&letter.delivery.properties).as_deref(),
+        headers::x_death_reason(&letter.properties).as_deref(),
         Some("delivery_limit"),
         "the broker's own x-death reason"
     );
     assert_eq!(
-        headers::x_death_route(&letter.delivery.properties),
-        Some((
-            scenario.config.broker.exchange.clone(),
-            "user.signed_up".to_owned()
-        )),
+        headers::x_death_route(&letter.properties),
+        Some((scenario.exchange().to_owned(), "user.signed_up".to_owned())),
         "x-death keeps the original route"
     );
-    let _ = channel.close(200, "looked".into()).await; // puts it back
 
     // The cause is fixed; the worker runs normally and new events flow.
     scenario.sim.set_faults(Faults::default());

@@ -44,14 +44,9 @@ async fn s08_concurrent_copies_and_back_to_back_events_link_once() {
 
     let started = Instant::now();
     let mut worker = scenario.spawn_worker("worker");
-    let drained = wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let metrics = worker.metrics().await.expect("metrics");
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
+    let end = drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(120)).await;
+    let (drained, t, scan) = (end.drained, end.tally, end.scan);
+    let metrics = end.metrics.expect("metrics");
     let stats = scenario.sim.stats();
     let mut per_pair: HashMap<(String, String), usize> = HashMap::new();
     for link in scenario.sim.links() {
@@ -60,7 +55,6 @@ async fn s08_concurrent_copies_and_back_to_back_events_link_once() {
             .or_default() += 1;
     }
     let worst = per_pair.values().max().copied().unwrap_or(0);
-    let scan = scenario.assert_no_secret_in_output();
     Summary {
         scenario: "8 races",
         load: format!(

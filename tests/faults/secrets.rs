@@ -17,9 +17,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use identity_link_worker::broker::headers;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use mos_sim::{Faults, SimConfig};
 use serde_json::{Value, json};
+
+use testkit::names::{with, without};
 
 use crate::harness::*;
 
@@ -72,6 +73,12 @@ fn pair(tag: &str, name: &str) -> Event {
     )
 }
 
+/// Sends `batch`, and keeps it in `sent` for the tally.
+async fn send(producer: &mut Producer, sent: &mut Vec<Event>, mut batch: Vec<Event>) {
+    producer.send(&batch).await;
+    sent.append(&mut batch);
+}
+
 fn cli(scenario: &Scenario, label: &str, vars: &[(String, String)], args: &[&str]) -> String {
     let output = command(vars).args(args).output().unwrap();
     let text = format!(
@@ -93,9 +100,8 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
     // Phase A: mos-sim, text logs at trace, every error path in turn.
     let mut worker = scenario.spawn_worker_with("a-text", &[("LINKER_LOG_FORMAT", "text")]);
     worker.wait_ready(Duration::from_secs(30)).await;
-    let mut batch: Vec<Event> = (0..3).map(|i| pair(&tag, &format!("ok{i}"))).collect();
-    producer.send(&batch).await;
-    sent.append(&mut batch);
+    let batch: Vec<Event> = (0..3).map(|i| pair(&tag, &format!("ok{i}"))).collect();
+    send(&mut producer, &mut sent, batch).await;
     wait_for("3 links", Duration::from_secs(20), || async {
         scenario.sim.stats().links == 3
     })
@@ -105,9 +111,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
         drop: 2,
         ..Faults::default()
     });
-    let mut batch = vec![pair(&tag, "transient")];
-    producer.send(&batch).await;
-    sent.append(&mut batch);
+    send(&mut producer, &mut sent, vec![pair(&tag, "transient")]).await;
     wait_for(
         "the transient one to link",
         Duration::from_secs(30),
@@ -115,9 +119,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
     )
     .await;
     scenario.sim.set_key(&format!("rotated-{}", random_hex(6)));
-    let mut batch = vec![pair(&tag, "refused")];
-    producer.send(&batch).await;
-    sent.append(&mut batch);
+    send(&mut producer, &mut sent, vec![pair(&tag, "refused")]).await;
     wait_for(
         "probes with the refused key",
         Duration::from_secs(20),
@@ -139,7 +141,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
         statuses: vec![422],
         ..Faults::default()
     });
-    let mut batch = vec![
+    let batch = vec![
         Event {
             expect: Expect::Dead("rejected"),
             ..pair(&tag, "rejected")
@@ -155,8 +157,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
             ..pair(&tag, "invalid")
         },
     ];
-    producer.send(&batch).await;
-    sent.append(&mut batch);
+    send(&mut producer, &mut sent, batch).await;
     wait_for("phase A to settle", Duration::from_secs(30), || async {
         scenario.sim.stats().links == 5
             && worker
@@ -183,7 +184,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
         &[("LINKER_MOS_ENDPOINT_URL", hostile_url.as_str())],
     );
     worker.wait_ready(Duration::from_secs(30)).await;
-    let mut batch = vec![
+    let batch = vec![
         Event {
             expect: Expect::Dead("rejected"),
             ..pair(&tag, "reject")
@@ -191,8 +192,7 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
         pair(&tag, "flaky"),
         pair(&tag, "refuse"),
     ];
-    producer.send(&batch).await;
-    sent.append(&mut batch);
+    send(&mut producer, &mut sent, batch).await;
     wait_for("phase B to settle", Duration::from_secs(30), || async {
         worker.metrics().await.is_some_and(|m| {
             m.outcome("dead_lettered") == 1
@@ -213,14 +213,15 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
     assert!(cli_out.contains("key accepted"), "{cli_out}");
     cli_out += &cli(&scenario, "dlq-stats", &scenario.vars, &["dlq", "stats"]);
     cli_out += &cli(&scenario, "dlq-list", &scenario.vars, &["dlq", "list"]);
-    let mut wrong = scenario.vars.clone();
-    wrong.retain(|(k, _)| k != "LINKER_MOS_SECRET_KEY");
     let key_file = scenario.logs.path.join("key.secret");
     std::fs::write(&key_file, format!("{}\n", scenario.key)).unwrap();
-    wrong.push((
-        "LINKER_MOS_SECRET_KEY_FILE".into(),
-        key_file.display().to_string(),
-    ));
+    let wrong = with(
+        without(scenario.vars.clone(), "LINKER_MOS_SECRET_KEY"),
+        &[(
+            "LINKER_MOS_SECRET_KEY_FILE",
+            key_file.display().to_string().as_str(),
+        )],
+    );
     scenario.sim.set_key("yet-another-key");
     let refused = cli(&scenario, "check-config-refused", &wrong, &["check-config"]);
     assert!(refused.contains("KEY REFUSED"), "{refused}");
@@ -229,18 +230,10 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
 
     // The dead letters' headers.
     let connection = broker().await;
-    let channel = connection.create_channel().await.unwrap();
     let mut errors = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some(message) = channel
-        .basic_get(
-            scenario.topology.dead_letter.as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await
-        .unwrap()
-    {
-        let props = &message.delivery.properties;
+    for letter in testkit::broker::take_all(&connection, &scenario.topology.dead_letter).await {
+        let props = &letter.properties;
         *reasons
             .entry(headers::get_str(props, headers::REASON).unwrap_or_default())
             .or_default() += 1;
@@ -249,12 +242,6 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
             !format!("{props:?}").contains(&scenario.key),
             "the key is in a dead letter's properties"
         );
-        message
-            .delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .unwrap();
     }
     let _ = connection.close(200, "done".into()).await;
     let echoed = errors
@@ -300,16 +287,15 @@ async fn s10_the_secret_never_appears_and_identifiers_are_hashed() {
     // Control: with LINKER_LOG_IDENTIFIERS=plain the identifiers do show, so
     // the scan above would have seen them.
     let control = LogDir::new("s10-secrets-control");
-    let mut plain = scenario.vars.clone();
-    plain.retain(|(k, _)| k != "LINKER_LOG_IDENTIFIERS");
-    plain.push(("LINKER_LOG_IDENTIFIERS".into(), "plain".into()));
+    let plain = with(
+        scenario.vars.clone(),
+        &[("LINKER_LOG_IDENTIFIERS", "plain")],
+    );
     let mut worker = Worker::spawn(&plain, &control, "plain", scenario.ops);
     worker.wait_ready(Duration::from_secs(30)).await;
     let mut producer = Producer::new(&scenario);
-    let mut batch = vec![pair(&tag, "plain")];
-    producer.send(&batch).await;
+    send(&mut producer, &mut sent, vec![pair(&tag, "plain")]).await;
     producer.close().await;
-    sent.append(&mut batch);
     wait_for("the plain one to link", Duration::from_secs(20), || async {
         scenario.sim.stats().links == 6
     })

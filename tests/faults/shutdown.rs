@@ -75,14 +75,12 @@ async fn s09_sigterm_under_load_exits_0_and_hands_back_the_rest() {
     scenario.sim.set_faults(Faults::default());
     let restarted = Instant::now();
     let mut second = scenario.spawn_worker("second");
-    let drained = wait_drained(&scenario, &events, Duration::from_secs(120)).await;
-    let (status, _) = second.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End {
+        drained,
+        tally: t,
+        scan,
+        ..
+    } = drain_and_tally(&scenario, &events, &mut second, Duration::from_secs(120)).await;
     Summary {
         scenario: "9 graceful shutdown",
         load: format!(
@@ -106,9 +104,6 @@ async fn s09_sigterm_under_load_exits_0_and_hands_back_the_rest() {
         t.repeated_calls,
         scan.describe()
     ));
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }

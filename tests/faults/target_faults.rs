@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use mos_sim::{Faults, RateFault, SimConfig};
+use mos_sim::{Faults, RateFault};
+use testkit::scrape::Scrape;
 
 use crate::harness::*;
 
@@ -131,7 +132,7 @@ async fn finish(
     healed: Instant,
     ready: &ReadyRecorder,
     mut worker: Worker,
-) -> (Tally, Duration, Duration, Scrape) {
+) -> (End, Duration, Duration, Scrape) {
     wait_for(
         "readiness after recovery",
         Duration::from_secs(30),
@@ -142,36 +143,20 @@ async fn finish(
         .ready_at_or_after(healed)
         .unwrap()
         .duration_since(healed);
-    let drained = wait_drained(scenario, events, Duration::from_secs(120))
-        .await
-        .duration_since(healed);
-    let metrics = worker.metrics().await.expect("metrics");
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(scenario).await;
-    let dead = dead_letters(scenario).await;
-    (
-        tally(events, &scenario.sim, &dead),
-        ready_again,
-        drained,
-        metrics,
-    )
+    let mut end = drain_and_tally(scenario, events, &mut worker, Duration::from_secs(120)).await;
+    let drained = end.drained.duration_since(healed);
+    let metrics = end.metrics.take().expect("metrics");
+    (end, ready_again, drained, metrics)
+}
+
+/// A scenario with a 10 ms target and the short ladder of [`OVERRIDES`].
+async fn scenario(name: &'static str) -> Scenario {
+    Scenario::new(name, testkit::sim::latency(10), OVERRIDES).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
-    let scenario = Scenario::new(
-        "s04-target-outage",
-        SimConfig {
-            faults: Faults {
-                latency_ms: 10,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
-        OVERRIDES,
-    )
-    .await;
+    let scenario = scenario("s04-target-outage").await;
     let events = mixed_load(&scenario.tag, TOTAL);
     let (observed, healed, ready, worker) = run_outage(
         &scenario,
@@ -200,9 +185,8 @@ async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
         },
     )
     .await;
-    let (t, ready_again, drained, metrics) =
+    let (End { tally: t, scan, .. }, ready_again, drained, metrics) =
         finish(&scenario, &events, healed, &ready, worker).await;
-    let scan = scenario.assert_no_secret_in_output();
     Summary {
         scenario: "4 target outage",
         load: format!(
@@ -243,27 +227,13 @@ async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
         observed.dead_during, 0,
         "nothing dead-lettered during the outage"
     );
-    assert_eq!(t.dead_lettered, 0, "nothing dead-lettered at all");
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
-    let scenario = Scenario::new(
-        "s05-key-revoked",
-        SimConfig {
-            faults: Faults {
-                latency_ms: 10,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
-        OVERRIDES,
-    )
-    .await;
+    let scenario = scenario("s05-key-revoked").await;
     let events = mixed_load(&scenario.tag, TOTAL);
     let revoked = format!("revoked-{}", random_hex(8));
     let (observed, healed, ready, worker) = run_outage(
@@ -275,9 +245,8 @@ async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
     )
     .await;
     let refused = scenario.sim.stats().status(401);
-    let (t, ready_again, drained, metrics) =
+    let (End { tally: t, scan, .. }, ready_again, drained, metrics) =
         finish(&scenario, &events, healed, &ready, worker).await;
-    let scan = scenario.assert_no_secret_in_output();
     Summary {
         scenario: "5 key revoked",
         load: format!(
@@ -303,14 +272,11 @@ async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
     ));
     assert_eq!(observed.readiness_reason, "circuit_open_key_refused");
     assert_eq!(observed.dead_during, 0);
-    assert_eq!(t.dead_lettered, 0);
     assert_eq!(
         metrics.outcome("retried"),
         0,
         "a refused key burns no retry step"
     );
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0);
-    assert_eq!(t.unexpected_links, 0);
+    t.assert_clean();
     scenario.cleanup().await;
 }

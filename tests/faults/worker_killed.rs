@@ -2,25 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use mos_sim::{Faults, SimConfig};
-
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s01_worker_killed_mid_load_loses_nothing_and_links_once() {
     let total = 5_000;
-    let scenario = Scenario::new(
-        "s01-worker-killed",
-        SimConfig {
-            faults: Faults {
-                latency_ms: 50,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
-        &[],
-    )
-    .await;
+    let scenario = Scenario::new("s01-worker-killed", testkit::sim::latency(50), &[]).await;
     let events = mixed_load(&scenario.tag, total);
     let mut producer = Producer::new(&scenario);
     producer.send(&events).await;
@@ -55,14 +42,8 @@ async fn s01_worker_killed_mid_load_loses_nothing_and_links_once() {
                 .duration_since(restarted),
         );
     }
-    wait_drained(&scenario, &events, Duration::from_secs(180)).await;
-    let (status, _) = worker.stop(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
-    assert_queues_empty(&scenario).await;
-
-    let dead = dead_letters(&scenario).await;
-    let t = tally(&events, &scenario.sim, &dead);
-    let scan = scenario.assert_no_secret_in_output();
+    let End { tally: t, scan, .. } =
+        drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(180)).await;
     let worst = recoveries.iter().max().copied().unwrap_or_default();
     Summary {
         scenario: "1 worker killed",
@@ -81,10 +62,7 @@ async fn s01_worker_killed_mid_load_loses_nothing_and_links_once() {
         t.repeated_calls,
         scan.describe()
     ));
-    assert_eq!(t.lost, 0);
-    assert_eq!(t.duplicates, 0, "a pair was linked twice");
-    assert_eq!(t.unexpected_links, 0, "a skipped event was linked");
-    assert_eq!(t.dead_lettered, 0);
+    t.assert_clean();
     assert_eq!(t.linked + t.skipped, total);
     scenario.cleanup().await;
 }

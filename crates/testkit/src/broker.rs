@@ -1,0 +1,129 @@
+//! The test side of the broker: connections that fail loudly, queue depths,
+//! taking and peeking at messages.
+
+use std::time::{Duration, Instant};
+
+use identity_link_worker::broker::connection::{connect, open_confirm_channel};
+use identity_link_worker::broker::publisher::Publisher;
+use identity_link_worker::config::AmqpUrl;
+use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+/// The worker's default broker URL (local RabbitMQ, guest).
+pub use identity_link_worker::config::DEFAULT_AMQP_URL;
+
+/// The broker the tests use: `LINKER_AMQP_URL`, else the worker's default.
+pub fn amqp_url() -> String {
+    std::env::var("LINKER_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Connects to `url`; the error as text (the benchmark reports it).
+pub async fn try_connect(url: &str, name: &str) -> Result<Connection, String> {
+    connect(&AmqpUrl::new(url), name)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A connection to [`amqp_url`]. A missing broker fails the run with a
+/// clear message: these tests are never skipped.
+pub async fn broker() -> Connection {
+    match try_connect(&amqp_url(), "identity-link-worker tests").await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is required for these tests and is not reachable at {}: {error}. \
+             Start it with `rabbitmq-server -detached` or `bash scripts/ensure-rabbitmq` \
+             (scripts/test does this).",
+            AmqpUrl::new(amqp_url()).redacted()
+        ),
+    }
+}
+
+/// Connects, retrying for up to `limit` (the broker may be restarting).
+pub async fn broker_within(limit: Duration) -> Connection {
+    let deadline = Instant::now() + limit;
+    loop {
+        match try_connect(&amqp_url(), "identity-link-worker tests").await {
+            Ok(connection) => return connection,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "broker unreachable: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Ready messages in `queue` (passive declare: exact, but not counting
+/// those a consumer holds unacked).
+pub async fn try_depth(connection: &Connection, queue: &str) -> Result<u32, String> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| format!("queue {queue}: {e}"))?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(|e| format!("queue {queue}: {e}"))?;
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(declared.message_count())
+}
+
+/// [`try_depth`]; a missing queue fails the test.
+pub async fn depth(connection: &Connection, queue: &str) -> u32 {
+    try_depth(connection, queue)
+        .await
+        .unwrap_or_else(|e| panic!("depth of {e}"))
+}
+
+/// Takes every message out of `queue` (each acked, so removed).
+pub async fn take_all(connection: &Connection, queue: &str) -> Vec<Delivery> {
+    let channel = connection.create_channel().await.expect("a channel");
+    let mut out = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+    {
+        message
+            .delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack a taken message");
+        out.push(message.delivery);
+    }
+    let _ = channel.close(200, "taken".into()).await;
+    out
+}
+
+/// Up to `n` messages of `queue`, looked at and put back (unacked, then
+/// the channel is closed): the queue keeps them.
+pub async fn peek(connection: &Connection, queue: &str, n: usize) -> Vec<Delivery> {
+    let channel = connection.create_channel().await.expect("a channel");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Ok(Some(message)) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+        else {
+            break;
+        };
+        out.push(message.delivery);
+    }
+    let _ = channel.close(200, "peeked".into()).await;
+    out
+}
+
+/// A publisher with confirms on a channel of its own.
+pub async fn publisher(connection: &Connection) -> Publisher {
+    Publisher::new(
+        open_confirm_channel(connection)
+            .await
+            .expect("a confirm channel"),
+    )
+}

@@ -1,0 +1,72 @@
+//! The broker: what only the fault suite does to it (`rabbitmqctl`), on top
+//! of the shared connection and queue helpers.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub use testkit::broker::{broker, broker_within, depth};
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("rabbitmqctl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("rabbitmqctl {args:?} timed out"))
+    .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `(ready, unacked)` per queue, from `rabbitmqctl list_queues`.
+pub async fn list_queues() -> HashMap<String, (u64, u64)> {
+    let out = rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "--formatter",
+        "json",
+    ])
+    .await;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    rows.iter()
+        .filter_map(|r| {
+            Some((
+                r["name"].as_str()?.to_owned(),
+                (
+                    r["messages_ready"].as_u64().unwrap_or(0),
+                    r["messages_unacknowledged"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Restarts the broker's application if a test stops it and then fails:
+/// the broker is always left running.
+pub struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "await_startup", "--timeout", "110"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
