@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use identity_link_worker::broker::connection::{connect, open_confirm_channel};
+use identity_link_worker::broker::connection::{connect, open_confirm_channel, queue_depth};
 use identity_link_worker::broker::publisher::Publisher;
 use identity_link_worker::config::AmqpUrl;
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 
 /// The worker's default broker URL (local RabbitMQ, guest).
 pub use identity_link_worker::config::DEFAULT_AMQP_URL;
@@ -61,16 +60,23 @@ pub async fn try_depth(connection: &Connection, queue: &str) -> Result<u32, Stri
         .create_channel()
         .await
         .map_err(|e| format!("queue {queue}: {e}"))?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
+    let ready = queue_depth(&channel, queue)
         .await
         .map_err(|e| format!("queue {queue}: {e}"))?;
     let _ = channel.close(200, "ok".into()).await;
-    Ok(declared.message_count())
+    Ok(ready)
+}
+
+/// Ready messages over several queues (the work queue and its partitions).
+pub async fn backlog<'a>(
+    connection: &Connection,
+    queues: impl IntoIterator<Item = &'a str>,
+) -> u64 {
+    let mut total = 0;
+    for queue in queues {
+        total += u64::from(depth(connection, queue).await);
+    }
+    total
 }
 
 /// [`try_depth`]; a missing queue fails the test.

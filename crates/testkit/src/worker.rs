@@ -53,6 +53,11 @@ impl Private {
         &self.config.broker.queue
     }
 
+    /// Where events wait for a call: the work queue and every partition queue.
+    pub fn event_queues(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.queue()).chain(self.topology.partitions.iter().map(String::as_str))
+    }
+
     /// Declares the topology, so events can be queued before a worker runs.
     pub async fn declare(&self, connection: &Connection) -> Result<(), String> {
         let channel = channel(connection).await?;
