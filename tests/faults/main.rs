@@ -18,6 +18,7 @@ mod broker_faults;
 mod harness;
 mod poison;
 mod races;
+mod scale_out;
 mod secrets;
 mod shutdown;
 mod target_faults;

@@ -120,10 +120,19 @@ async fn s06_poison_message_is_dead_lettered_at_the_delivery_limit() {
         Some("delivery_limit"),
         "the broker's own x-death reason"
     );
+    // The broker dead-lettered it from the visitor's partition queue, where
+    // the routing step had put it; the routing step's headers keep the event's
+    // original route, and that is where a replay sends it.
+    let (from_exchange, from_queue) =
+        headers::x_death_route(&letter.properties).expect("x-death names the queue");
+    assert!(
+        from_exchange.is_empty() && scenario.topology.partitions.contains(&from_queue),
+        "dead-lettered from a partition queue, not {from_exchange:?}/{from_queue:?}"
+    );
     assert_eq!(
-        headers::x_death_route(&letter.properties),
-        Some((scenario.exchange().to_owned(), "user.signed_up".to_owned())),
-        "x-death keeps the original route"
+        headers::original_route(&letter.properties, "", ""),
+        (scenario.exchange().to_owned(), "user.signed_up".to_owned()),
+        "the original route is kept"
     );
 
     // The cause is fixed; the worker runs normally and new events flow.

@@ -14,6 +14,13 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 pub use identity_link_worker::config::DEFAULT_AMQP_URL;
 
 /// The broker the tests use: `LINKER_AMQP_URL`, else the worker's default.
+/// The second broker (RabbitMQ 4.0, `scripts/ensure-rabbitmq4`): `RABBITMQ4_URL`,
+/// default `amqp://guest:guest@127.0.0.1:5673/%2f`.
+pub fn second_amqp_url() -> String {
+    std::env::var("RABBITMQ4_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5673/%2f".to_owned())
+}
+
 pub fn amqp_url() -> String {
     std::env::var("LINKER_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
 }
@@ -28,22 +35,32 @@ pub async fn try_connect(url: &str, name: &str) -> Result<Connection, String> {
 /// A connection to [`amqp_url`]. A missing broker fails the run with a
 /// clear message: these tests are never skipped.
 pub async fn broker() -> Connection {
-    match try_connect(&amqp_url(), "identity-link-worker tests").await {
+    broker_at(&amqp_url()).await
+}
+
+/// [`broker`] at another URL (the second broker of the partition tests).
+pub async fn broker_at(url: &str) -> Connection {
+    match try_connect(url, "identity-link-worker tests").await {
         Ok(connection) => connection,
         Err(error) => panic!(
             "RabbitMQ is required for these tests and is not reachable at {}: {error}. \
-             Start it with `rabbitmq-server -detached` or `bash scripts/ensure-rabbitmq` \
-             (scripts/test does this).",
-            AmqpUrl::new(amqp_url()).redacted()
+             Start it with `bash scripts/ensure-rabbitmq` (and `bash scripts/ensure-rabbitmq4` \
+             for the second broker); scripts/test does this.",
+            AmqpUrl::new(url).redacted()
         ),
     }
 }
 
 /// Connects, retrying for up to `limit` (the broker may be restarting).
 pub async fn broker_within(limit: Duration) -> Connection {
+    broker_within_at(&amqp_url(), limit).await
+}
+
+/// [`broker_within`] at another URL.
+pub async fn broker_within_at(url: &str, limit: Duration) -> Connection {
     let deadline = Instant::now() + limit;
     loop {
-        match try_connect(&amqp_url(), "identity-link-worker tests").await {
+        match try_connect(url, "identity-link-worker tests").await {
             Ok(connection) => return connection,
             Err(error) => {
                 assert!(Instant::now() < deadline, "broker unreachable: {error}");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub use testkit::broker::{broker, broker_within, depth};
+pub use testkit::broker::{broker, broker_at, depth};
 pub async fn rabbitmqctl(args: &[&str]) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(120),

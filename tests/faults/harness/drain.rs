@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 use testkit::scrape::Scrape;
 
 use super::{
-    Event, ScanReport, Scenario, Tally, Worker, broker, broker_within, dead_letters, depth,
-    expected_links, scrape, tally,
+    Event, ScanReport, Scenario, Tally, Worker, broker, dead_letters, depth, expected_links,
+    scrape, tally,
 };
 
 /// Waits until every expected link exists and nothing is left in the work
 /// and retry queues; returns when that first held.
 pub async fn wait_drained(scenario: &Scenario, events: &[Event], limit: Duration) -> Instant {
     let expected = expected_links(events);
-    let connection = broker_within(Duration::from_secs(60)).await;
+    let connection =
+        testkit::broker::broker_within_at(&scenario.amqp_url, Duration::from_secs(60)).await;
     let deadline = Instant::now() + limit;
     // Passive declares count ready messages exactly, but not those a worker
     // holds; so the condition must also hold for a while, with nothing in

@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use lapin::types::ShortString;
 use mos_sim::MosSim;
 
-use super::{Scenario, broker_within};
+use super::Scenario;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expect {
@@ -173,7 +173,8 @@ pub fn tally(events: &[Event], sim: &MosSim, dead: &BTreeMap<String, usize>) -> 
 /// Dead letters by `x-linker-reason` (or the broker's own reason), counted
 /// with the worker's own `dlq stats` code.
 pub async fn dead_letters(scenario: &Scenario) -> BTreeMap<String, usize> {
-    let connection = broker_within(Duration::from_secs(60)).await;
+    let connection =
+        testkit::broker::broker_within_at(&scenario.amqp_url, Duration::from_secs(60)).await;
     let stats = identity_link_worker::broker::dlq::stats(&connection, &scenario.topology)
         .await
         .expect("dlq stats");

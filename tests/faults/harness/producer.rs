@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use identity_link_worker::broker::connection::open_confirm_channel;
 use identity_link_worker::broker::publisher::Publisher;
 use lapin::Connection;
-use testkit::broker::{amqp_url, try_connect};
+use testkit::broker::try_connect;
 
 use super::{Event, Scenario};
 
@@ -15,6 +15,7 @@ use super::{Event, Scenario};
 /// confirm was lost is then queued twice, which the worker must absorb).
 pub struct Producer {
     exchange: String,
+    amqp_url: String,
     current: Option<(Connection, Publisher)>,
     pub republished: usize,
 }
@@ -23,6 +24,7 @@ impl Producer {
     pub fn new(scenario: &Scenario) -> Self {
         Self {
             exchange: scenario.exchange().to_owned(),
+            amqp_url: scenario.amqp_url.clone(),
             current: None,
             republished: 0,
         }
@@ -38,7 +40,7 @@ impl Producer {
                 self.current = None;
             }
             if let Ok(connection) =
-                try_connect(&amqp_url(), "identity-link-worker faults producer").await
+                try_connect(&self.amqp_url, "identity-link-worker faults producer").await
                 && let Ok(channel) = open_confirm_channel(&connection).await
             {
                 self.current = Some((connection, Publisher::new(channel)));

@@ -11,7 +11,7 @@ use mos_sim::{MosSim, SimConfig};
 use testkit::names::{Vars, private_vars, random_hex, with};
 use testkit::worker::Private;
 
-use super::{ScanReport, Worker, broker, depth, list_queues, scan};
+use super::{ScanReport, Worker, broker_at, list_queues, scan};
 
 /// One scenario's private world. The secret key and the identifier tag are
 /// random and distinctive, so the secret scan cannot be fooled by chance.
@@ -25,6 +25,8 @@ pub struct Scenario {
     pub topology: Topology,
     pub ops: SocketAddr,
     pub logs: LogDir,
+    /// The broker this scenario's workers and producers use.
+    pub amqp_url: String,
     private: Private,
     cleaned: bool,
 }
@@ -35,17 +37,22 @@ impl Scenario {
     /// `RUST_LOG=trace` and JSON logs; `overrides` on top. The topology is
     /// declared here, so events can be queued before any worker runs.
     pub async fn new(name: &'static str, sim: SimConfig, overrides: &[(&str, &str)]) -> Self {
+        Self::on_broker(&testkit::broker::amqp_url(), name, sim, overrides).await
+    }
+
+    /// [`Scenario::new`] on the broker at `amqp_url`.
+    pub async fn on_broker(
+        amqp_url: &str,
+        name: &'static str,
+        sim: SimConfig,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         let key = format!("flt-key-{}", random_hex(20));
         let tag = format!("t{}", random_hex(10));
         let sim = testkit::sim::start_with_key(&key, sim).await;
         let ops = testkit::process::free_addr();
         let vars = with(
-            private_vars(
-                "faults",
-                &testkit::broker::amqp_url(),
-                &sim.endpoint_url(),
-                &key,
-            ),
+            private_vars("faults", amqp_url, &sim.endpoint_url(), &key),
             &[
                 ("LINKER_HTTP_ADDR", ops.to_string().as_str()),
                 ("LINKER_RETRY_DELAYS", "1s,2s"),
@@ -56,7 +63,7 @@ impl Scenario {
             ],
         );
         let private = Private::from_vars(with(vars, overrides));
-        let connection = broker().await;
+        let connection = broker_at(amqp_url).await;
         private
             .declare(&connection)
             .await
@@ -71,6 +78,7 @@ impl Scenario {
             topology: private.topology.clone(),
             ops,
             logs: LogDir::new(name),
+            amqp_url: amqp_url.to_owned(),
             private,
             cleaned: false,
         }
@@ -94,12 +102,14 @@ impl Scenario {
         )
     }
 
-    /// Every queue the worker owns: work queue, retry queues, dead letters.
+    /// Every queue the worker owns: work queue, retry queues, dead letters, partitions.
     pub fn queues(&self) -> Vec<String> {
-        std::iter::once(self.topology.queue.clone())
-            .chain(self.topology.retry_queues.iter().map(|r| r.name.clone()))
-            .chain(std::iter::once(self.topology.dead_letter.clone()))
-            .collect()
+        self.topology.queues().map(str::to_owned).collect()
+    }
+
+    /// A connection to the scenario's broker.
+    pub async fn connect(&self) -> Connection {
+        broker_at(&self.amqp_url).await
     }
 
     /// Ready + unacked of every queue of the scenario, from the broker itself.
@@ -114,15 +124,10 @@ impl Scenario {
             .collect()
     }
 
-    /// Messages still in the work queue or a retry queue (ready, by passive declare).
+    /// Messages still in the work queue, a partition or a retry queue (ready, by passive declare).
     pub async fn backlog(&self, connection: &Connection) -> u64 {
-        let mut total = 0;
-        for q in std::iter::once(&self.topology.queue)
-            .chain(self.topology.retry_queues.iter().map(|r| &r.name))
-        {
-            total += u64::from(depth(connection, q).await);
-        }
-        total
+        let retry = self.topology.retry_queues.iter().map(|r| r.name.as_str());
+        testkit::broker::backlog(connection, self.private.event_queues().chain(retry)).await
     }
 
     /// Scans every output file of the scenario (workers and CLI runs) for
@@ -148,7 +153,7 @@ impl Scenario {
 
     /// Deletes the scenario's queues and exchanges (also done on panic by Drop).
     pub async fn cleanup(mut self) {
-        let connection = broker().await;
+        let connection = self.connect().await;
         let _ = self.private.delete(&connection).await;
         let _ = connection.close(200, "cleanup".into()).await;
         self.cleaned = true;
@@ -162,6 +167,10 @@ impl Drop for Scenario {
             return;
         }
         // A failed test: remove the queues so a rerun starts clean; logs stay.
+        // (rabbitmqctl reaches the machine's own broker only.)
+        if self.amqp_url != testkit::broker::amqp_url() {
+            return;
+        }
         for q in self.queues() {
             let _ = Command::new("rabbitmqctl")
                 .args(["-q", "delete_queue", &q])
