@@ -72,6 +72,7 @@ def expected_topology(
              "x-dead-letter-exchange": dead,
              "x-dead-letter-strategy": "at-least-once",
              "x-overflow": "reject-publish",
+             "x-single-active-consumer": True,
          }},
         {"name": dead, "vhost": VHOST, "durable": True, "auto_delete": False,
          "arguments": {"x-queue-type": "quorum"}},
@@ -95,7 +96,7 @@ def expected_topology(
         queues.append(
             {"name": f"{queue}.partition.{i}", "vhost": VHOST, "durable": True,
              "auto_delete": False,
-             "arguments": {**queues[0]["arguments"], "x-single-active-consumer": True}})
+             "arguments": queues[0]["arguments"]})
     bindings = [
         {"source": exchange, "vhost": VHOST, "destination": queue,
          "destination_type": "queue", "routing_key": key, "arguments": {}}

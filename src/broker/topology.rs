@@ -92,7 +92,9 @@ impl Topology {
         retry_queue_name(&self.queue, delay)
     }
 
-    /// Work queue: quorum, poison messages dead-lettered at-least-once.
+    /// Work queue: quorum, poison messages dead-lettered at-least-once, and
+    /// one active consumer at a time: the events of one visitor leave it in
+    /// publish order, to be routed (or, in direct mode, linked) by one replica.
     pub fn work_queue_arguments(&self) -> FieldTable {
         table(&[
             ("x-queue-type", text("quorum")),
@@ -104,6 +106,7 @@ impl Topology {
             ("x-dead-letter-strategy", text("at-least-once")),
             // at-least-once dead-lettering requires reject-publish.
             ("x-overflow", text("reject-publish")),
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
         ])
     }
 
@@ -121,15 +124,10 @@ impl Topology {
         ])
     }
 
-    /// Partition queue: like the work queue (delivery limit, at-least-once
-    /// dead-lettering), and one consumer at a time of all that subscribe.
+    /// Partition queue: the same arguments as the work queue; each has its
+    /// own single active consumer, so partitions spread over the replicas.
     pub fn partition_queue_arguments(&self) -> FieldTable {
-        let mut arguments = self.work_queue_arguments();
-        arguments.insert(
-            ShortString::from("x-single-active-consumer"),
-            AMQPValue::Boolean(true),
-        );
-        arguments
+        self.work_queue_arguments()
     }
 
     pub fn dead_letter_queue_arguments(&self) -> FieldTable {
