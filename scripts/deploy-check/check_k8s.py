@@ -22,6 +22,8 @@ validated too.
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import subprocess
@@ -260,12 +262,27 @@ def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
         p.append("ScaledObject needs one rabbitmq trigger")
     for t in rabbit:
         md = t["metadata"]
-        if md.get("queueName") != config.get("LINKER_QUEUE", "identity-linker"):
-            p.append(f"rabbitmq trigger queueName {md.get('queueName')!r} != LINKER_QUEUE")
+        queue = config.get("LINKER_QUEUE", "identity-linker")
+        # The backlog is the work queue plus its partition queues: a regex summed over the
+        # management API, matching exactly those names.
+        pattern = md.get("queueName", "")
+        wanted = [queue] + [f"{queue}.partition.{i}" for i in range(3)]
+        others = [f"{queue}.dead", f"{queue}.retry.10s", f"x{queue}", f"{queue}.partition.x"]
+        try:
+            rx = re.compile(pattern)
+            matches = all(rx.fullmatch(n) for n in wanted) and not any(rx.fullmatch(n) for n in others)
+        except re.error:
+            matches = False
+        if md.get("useRegex") != "true" or md.get("operation", "sum") != "sum" or not matches:
+            p.append(f"rabbitmq trigger should sum LINKER_QUEUE and its partitions "
+                     f"(useRegex, operation sum), not {pattern!r}")
+        if md.get("protocol") != "http":
+            p.append("rabbitmq trigger protocol must be http (only the management API sums queues)")
+        partitions = int(config.get("LINKER_PARTITIONS", "16"))
+        if partitions and hi > partitions:
+            p.append(f"maxReplicaCount {hi} above LINKER_PARTITIONS {partitions}: the rest would stand by")
         if md.get("mode") not in ("QueueLength", "MessageRate"):
             p.append("rabbitmq trigger mode must be QueueLength or MessageRate")
-        if md.get("protocol", "auto") not in ("amqp", "http", "auto"):
-            p.append("rabbitmq trigger protocol must be amqp, http or auto")
         try:
             if float(md.get("value", "")) <= 0:
                 raise ValueError
@@ -277,9 +294,9 @@ def check_fit(docs: list[dict], where: str, overlay: bool) -> list[str]:
         if "host" in md:
             p.append("rabbitmq trigger must not carry the AMQP URL in plain metadata")
     hosts = [r for r in tauth["spec"].get("secretTargetRef", []) if r["parameter"] == "host"]
-    if amqp_ref and not any(h["name"] == amqp_ref["name"] and h["key"] == amqp_ref["key"]
+    if amqp_ref and not any(h["name"] == amqp_ref["name"] and h["key"] == "management-url"
                             for h in hosts):
-        p.append("TriggerAuthentication host should use the worker's AMQP URL Secret")
+        p.append("TriggerAuthentication host should be the management-url of the worker's AMQP Secret")
 
     # alert rules travel unchanged
     with open(DEPLOY / "prometheus" / "alerts.yml", encoding="utf-8") as f:
