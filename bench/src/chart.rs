@@ -25,6 +25,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Latency => RGBColor(255, 127, 14),
         Kind::Repeated => RGBColor(44, 160, 44),
         Kind::Large => RGBColor(148, 103, 189),
+        Kind::Direct => RGBColor(23, 190, 207),
     }
 }
 

@@ -42,7 +42,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "bare,bare-batched,instant,latency,repeated"
+        default_value = "bare,bare-batched,instant,direct,latency,repeated"
     )]
     scenarios: Vec<String>,
     /// Quick CI check: --events 2000 --runs 1, results to target/bench-smoke/.
@@ -302,6 +302,7 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             "bare" => (Kind::Bare, 1, 0, "bare".to_owned()),
             "bare-batched" => (Kind::BareBatched, 1, 0, "bare, batched acks".to_owned()),
             "instant" => (Kind::Instant, 1, 0, "worker, instant".to_owned()),
+            "direct" => (Kind::Direct, 1, 0, "worker, instant, direct".to_owned()),
             "latency" => (
                 Kind::Latency,
                 1,

@@ -156,6 +156,19 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
             met: rss.map(|r| r <= 40.0),
         });
     }
+    if let (Some(partitioned), Some(direct)) = (find(Kind::Instant), find(Kind::Direct)) {
+        // The routing step's cost: the default (partitioned) against direct mode, same run.
+        let ratio = partitioned
+            .msg_per_s
+            .zip(direct.msg_per_s)
+            .map(|(p, d)| p.median / d.median);
+        out.push(Target {
+            name: "routing step: partitioned (default) / direct throughput, instant target".into(),
+            wanted: "reported".into(),
+            measured: ratio.map_or("n/a".into(), |r| format!("{:.0} %", r * 100.0)),
+            met: None,
+        });
+    }
     if let Some(s) = find(Kind::Latency) {
         let ratio = s.ratio_to_reference;
         out.push(Target {

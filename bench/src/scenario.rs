@@ -38,6 +38,8 @@ pub enum Kind {
     Repeated,
     /// Worker, instant target, a large backlog.
     Large,
+    /// Worker, instant target, direct mode (`LINKER_PARTITIONS=0`): no routing step.
+    Direct,
 }
 
 impl Kind {
@@ -343,10 +345,7 @@ async fn measure(
         result.sim = Some(sim_stats);
     }
     // The backlog is gone and nothing went to a retry or dead-letter queue.
-    for queue in std::iter::once(&topology.queue)
-        .chain(std::iter::once(&topology.dead_letter))
-        .chain(topology.retry_queues.iter().map(|r| &r.name))
-    {
+    for queue in topology.queues() {
         let left = depth(connection, queue).await?;
         if left != 0 {
             return Err(format!("{left} messages left in {queue}"));
@@ -369,6 +368,9 @@ async fn measure_worker(
     let mut env = names.private.vars.clone();
     env.push(("LINKER_HTTP_ADDR".into(), format!("127.0.0.1:{ops_port}")));
     env.extend(bench.worker_env.iter().cloned());
+    if scenario.kind == Kind::Direct {
+        env.push(("LINKER_PARTITIONS".into(), "0".into()));
+    }
     let log = bench
         .log_dir
         .join(format!("{}-{run}-worker.log", scenario.name));
