@@ -30,6 +30,16 @@ pub async fn run(config: &Config) -> ExitCode {
             "must exist"
         },
     );
+    match config.broker.partitions {
+        Some(p) => println!(
+            "  partitions      {p} ({}.partition.0 .. {}.partition.{}), replica id {:?}",
+            topology.queue,
+            topology.queue,
+            p.get() - 1,
+            config.broker.replica_id
+        ),
+        None => println!("  partitions      none (direct mode: LINKER_PARTITIONS=0)"),
+    }
     println!("  endpoint        {}", config.link.endpoint_url);
     println!(
         "  secret key      set ({} characters)",
