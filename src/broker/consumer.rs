@@ -68,9 +68,12 @@ pub fn sources(pipeline: &Pipeline) -> Vec<Source> {
 
 type Deliveries = SelectAll<BoxStream<'static, (usize, lapin::Result<Delivery>)>>;
 
+/// The delivery tag of a channel's first delivery (AMQP 0-9-1: tags are
+/// per channel, from 1, consecutive over every consumer of the channel).
+const FIRST_DELIVERY_TAG: u64 = 1;
+
 /// Hands deliveries of one session to their tasks. The session context
-/// starts at the first delivery: its tag is where the channel's tags begin,
-/// which the ack batcher needs.
+/// starts at the first delivery.
 struct Dispatch<'a> {
     consumer: &'a Consumer<'a>,
     sources: Arc<[Source]>,
@@ -96,7 +99,12 @@ impl Dispatch<'_> {
                     publisher: session.publisher.clone(),
                     broken: session.broken.clone(),
                     abort: session.abort.clone(),
-                    acks: AckBatcher::start(session.consume.clone(), delivery.delivery_tag),
+                    // Tags of a channel start at 1 and run across all its
+                    // consumers. The first delivery *seen* is not always tag 1:
+                    // the consumers' streams are polled in any order, and a
+                    // batcher started above 1 would ack tag 1 twice (once by a
+                    // `multiple` ack, once alone), which closes the channel.
+                    acks: AckBatcher::start(session.consume.clone(), FIRST_DELIVERY_TAG),
                 })
             })
             .clone();
