@@ -179,7 +179,8 @@ impl Application {
                 replica_id: &self.config.broker.replica_id,
                 activity: &self.activity,
             };
-            match consumer.run().await {
+            let (end, held) = consumer.run().await;
+            match end {
                 SessionEnd::Stopped => {
                     self.readiness.set_stopping();
                     let deadline = Instant::now() + self.config.ops.shutdown_grace;
@@ -187,6 +188,8 @@ impl Application {
                     drain(&tasks, deadline).await;
                     let_go(&session, &tasks).await;
                     session.close().await;
+                    // Only now: dropping the consumers would cancel them.
+                    drop(held);
                     self.readiness.set_connected(false);
                     break;
                 }
@@ -202,6 +205,7 @@ impl Application {
                     // another replica, so no call of ours may still be running), then close.
                     let_go(&session, &tasks).await;
                     session.close().await;
+                    drop(held);
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(jittered(backoff)) => {}

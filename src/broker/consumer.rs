@@ -142,9 +142,26 @@ impl Dispatch<'_> {
     }
 }
 
+/// The session's consumers, kept registered until its deliveries are let go
+/// and the channel is closed. Dropping a lapin consumer sends `basic.cancel`,
+/// and with a single active consumer a cancel hands the queue to another
+/// replica at once, while this one may still work its deliveries (the
+/// overlap spring-amqp #2482 describes). Drop it after `BrokerSession::close`.
+#[derive(Default)]
+pub struct Held {
+    _consumers: Option<Deliveries>,
+}
+
 impl Consumer<'_> {
-    /// Consumes until `stop`, or until the connection is lost.
-    pub async fn run(&self) -> SessionEnd {
+    /// Consumes until `stop`, or until the connection is lost; the consumers
+    /// come back with the end, to be dropped once the session is closed.
+    pub async fn run(&self) -> (SessionEnd, Held) {
+        let mut held = Held::default();
+        let end = self.consume_until_end(&mut held).await;
+        (end, held)
+    }
+
+    async fn consume_until_end(&self, held: &mut Held) -> SessionEnd {
         let sources: Arc<[Source]> = sources(self.pipeline).into();
         let mut circuit_state = self.circuit.subscribe();
         let mut dispatch = Dispatch {
@@ -160,10 +177,12 @@ impl Consumer<'_> {
                     return end;
                 }
             }
-            let (tags, mut deliveries) = match self.consume(&sources).await {
+            let (tags, deliveries) = match self.consume(&sources).await {
                 Ok(consuming) => consuming,
                 Err(error) => return SessionEnd::Lost(format!("cannot start consuming: {error}")),
             };
+            // Replaces the previous (cancelled) consumers of a paused session.
+            let deliveries = held._consumers.insert(deliveries);
             self.readiness.set_consuming(true);
             tracing::info!(
                 queue = %self.pipeline.topology.queue,
@@ -171,7 +190,7 @@ impl Consumer<'_> {
                 "consuming"
             );
             let paused = match self
-                .take(&mut deliveries, &mut dispatch, &mut circuit_state)
+                .take(deliveries, &mut dispatch, &mut circuit_state)
                 .await
             {
                 Ok(paused) => paused,
@@ -182,10 +201,9 @@ impl Consumer<'_> {
             };
             self.readiness.set_consuming(false);
             if !paused {
-                // Stopping: no basic.cancel. With a single active consumer a cancel
-                // would let another replica start on the partition while our
-                // deliveries are still being worked; the channel is closed once
-                // they are done (or aborted), and the broker requeues the rest.
+                // Stopping: no basic.cancel (see `Held`); the channel is closed
+                // once the deliveries in hand are done (or let go), and the
+                // broker requeues what was prefetched.
                 return SessionEnd::Stopped;
             }
             // The circuit opened: calls still running must end before another

@@ -150,11 +150,16 @@ fn out_of_order(events: &[Event], scenario: &Scenario) -> usize {
             .or_default()
             .push(link.user_identifier);
     }
-    published
+    let wrong: Vec<String> = published
         .iter()
         .filter(|(_, users)| users.len() > 1)
         .filter(|(a, users)| created.get(*a).is_none_or(|c| c != *users))
-        .count()
+        .map(|(a, users)| format!("{a}: published {users:?}, linked {:?}", created.get(a)))
+        .collect();
+    if !wrong.is_empty() {
+        note(&format!("out of order: {wrong:?}"));
+    }
+    wrong.len()
 }
 
 /// The messages each replica settled (its `identity_linker_messages_total`).
