@@ -17,8 +17,8 @@ use crate::scenario::{Kind, Sample};
 static FONT: &[u8] = include_bytes!("assets/DejaVuSans-subset.ttf");
 const FAMILY: &str = "sans-serif";
 
-fn color(kind: Kind) -> RGBColor {
-    match kind {
+fn color(s: &Summary) -> RGBColor {
+    match s.kind {
         Kind::Bare => RGBColor(120, 120, 120),
         Kind::BareBatched => RGBColor(190, 190, 190),
         Kind::Instant => RGBColor(31, 119, 180),
@@ -26,6 +26,8 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Repeated => RGBColor(44, 160, 44),
         Kind::Large => RGBColor(148, 103, 189),
         Kind::Direct => RGBColor(23, 190, 207),
+        Kind::Replicas if s.replicas > 1 => RGBColor(140, 86, 75),
+        Kind::Replicas => RGBColor(227, 119, 194),
     }
 }
 
@@ -164,7 +166,7 @@ pub fn draw(path: &Path, summaries: &[Summary], title: &str) -> Result<(), Strin
                     (SegmentValue::Exact(i), 0.0),
                     (SegmentValue::Exact(i + 1), median),
                 ],
-                color(s.kind).filled(),
+                color(s).filled(),
             );
             bar.set_margin(0, 0, 45, 45);
             bar
@@ -216,6 +218,10 @@ pub fn draw(path: &Path, summaries: &[Summary], title: &str) -> Result<(), Strin
                 Kind::Latency => s
                     .ratio_to_reference
                     .map_or(String::new(), |x| format!("  {:.0}% of ref", x * 100.0)),
+                Kind::Replicas => s
+                    .ratio_to_one_replica
+                    .filter(|_| s.replicas > 1)
+                    .map_or(String::new(), |x| format!("  {x:.2}x of 1")),
                 _ => s.ratio_to_bare.map_or(String::new(), |x| {
                     format!("  {:.0}% of bare", x.median * 100.0)
                 }),
@@ -269,12 +275,7 @@ pub fn draw(path: &Path, summaries: &[Summary], title: &str) -> Result<(), Strin
         },
     )?;
     for (s, timeline) in &series {
-        draw_line(
-            &mut rates,
-            rate_series(timeline),
-            color(s.kind),
-            s.name.clone(),
-        )?;
+        draw_line(&mut rates, rate_series(timeline), color(s), s.name.clone())?;
     }
     draw_legend(&mut rates)?;
 
@@ -300,7 +301,7 @@ pub fn draw(path: &Path, summaries: &[Summary], title: &str) -> Result<(), Strin
             timeline
                 .iter()
                 .map(|x| (x.messages as f64 / total * 100.0, x.rss_mib)),
-            color(s.kind),
+            color(s),
             format!("{} ({} msgs)", s.name, s.events),
         )?;
     }

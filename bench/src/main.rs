@@ -4,7 +4,9 @@
 //! and mos-sim, pre-fills a private queue with realistic events, then drains
 //! it with (1) a bare lapin consumer that only acks and (2) the worker, run as
 //! a child process (`target/release/identity-link-worker run`), in several
-//! scenarios; prints a table, writes JSON and a PNG chart. `--smoke` is the
+//! scenarios, and as 1 or N replicas (`replicas-N`: N worker processes with
+//! distinct `LINKER_REPLICA_ID`s against a 100 ms mos-sim on the RabbitMQ 4.0
+//! broker); prints a table, writes JSON and a PNG chart. `--smoke` is the
 //! quick CI variant (no timing assertions; fails if a run does not complete
 //! or loses a message).
 
@@ -38,11 +40,12 @@ struct Args {
     /// interleaved: run 1 of every scenario, then run 2, ...
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Scenarios to run, comma list of bare,bare-batched,instant,latency,repeated (large is added by --large).
+    /// Scenarios to run, comma list of bare,bare-batched,instant,direct,latency,repeated,
+    /// replicas-1,replicas-3 (any replicas-N up to 16; large is added by --large).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "bare,bare-batched,instant,direct,latency,repeated"
+        default_value = "bare,bare-batched,instant,direct,latency,repeated,replicas-1,replicas-3"
     )]
     scenarios: Vec<String>,
     /// Quick CI check: --events 2000 --runs 1, results to target/bench-smoke/.
@@ -58,6 +61,17 @@ struct Args {
     /// Latency of mos-sim in the latency scenario, ms.
     #[arg(long, default_value_t = 20)]
     latency_ms: u64,
+    /// Events pre-filled per run of the replicas-N scenarios (--smoke: at most 2000).
+    #[arg(long, default_value_t = 20_000)]
+    replica_events: usize,
+    /// Latency of mos-sim in the replicas-N scenarios, ms.
+    #[arg(long, default_value_t = 100)]
+    replica_latency_ms: u64,
+    /// Broker of the replicas-N scenarios: RabbitMQ 4.0 (`scripts/ensure-rabbitmq4`), which
+    /// hands each partition to its highest-priority consumer. Default: RABBITMQ4_URL, else
+    /// amqp://guest:guest@127.0.0.1:5673/%2f.
+    #[arg(long, hide_env_values = true)]
+    amqp_url_4: Option<String>,
     /// How often each pair occurs in the repeated-logins scenario.
     #[arg(long, default_value_t = 10)]
     repeat: usize,
@@ -105,6 +119,8 @@ struct Machine {
     memory_gib: f64,
     kernel: String,
     rabbitmq: String,
+    /// The broker of the replicas-N scenarios (management API on 15673).
+    rabbitmq_4: String,
     load_before: String,
     load_after: String,
 }
@@ -120,13 +136,15 @@ struct Output<'a> {
     concurrency: usize,
     prefetch: u16,
     latency_ms: u64,
+    replica_events: usize,
+    replica_latency_ms: u64,
     bare_mode: &'a str,
     bare_runs_in: &'static str,
     summaries: &'a [report::Summary],
     targets: &'a [report::Target],
 }
 
-fn machine(rabbitmq: String) -> Machine {
+fn machine(rabbitmq: String, rabbitmq_4: String) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -148,16 +166,17 @@ fn machine(rabbitmq: String) -> Machine {
             .trim()
             .to_owned(),
         rabbitmq,
+        rabbitmq_4,
         load_before: procs::load_average(),
         load_after: String::new(),
     }
 }
 
-async fn rabbitmq_version() -> String {
+async fn rabbitmq_version(management_port: u16) -> String {
     // The management API (enabled by scripts/ensure-rabbitmq), else rabbitmqctl.
     let overview = async {
         let v: serde_json::Value = reqwest::Client::new()
-            .get("http://127.0.0.1:15672/api/overview")
+            .get(format!("http://127.0.0.1:{management_port}/api/overview"))
             .basic_auth("guest", Some("guest"))
             .timeout(Duration::from_secs(5))
             .send()
@@ -174,6 +193,9 @@ async fn rabbitmq_version() -> String {
     };
     if let Some(version) = overview.await {
         return version;
+    }
+    if management_port != 15672 {
+        return "RabbitMQ (version unknown)".into();
     }
     std::process::Command::new("rabbitmqctl")
         .args(["-q", "version"])
@@ -232,9 +254,10 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
         args.events = args.events.min(2000);
         args.runs = 1;
         args.large_events = args.large_events.min(20_000);
+        args.replica_events = args.replica_events.min(2000);
     }
-    if args.events == 0 || args.runs == 0 {
-        return Err("--events and --runs must be at least 1".into());
+    if args.events == 0 || args.runs == 0 || args.replica_events == 0 {
+        return Err("--events, --replica-events and --runs must be at least 1".into());
     }
     let out = args.out.clone().unwrap_or_else(|| {
         if args.smoke {
@@ -260,8 +283,11 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
+    let amqp_url_4 = args
+        .amqp_url_4
+        .clone()
+        .unwrap_or_else(testkit::broker::second_amqp_url);
     let bench = Bench {
-        amqp_url: args.amqp_url.clone(),
         worker_bin: args
             .worker_bin
             .clone()
@@ -298,6 +324,28 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
 
     let mut scenarios = Vec::new();
     for name in &args.scenarios {
+        if let Some(count) = name.strip_prefix("replicas-") {
+            let replicas: usize = count
+                .parse()
+                .ok()
+                .filter(|r| (1..=16).contains(r))
+                .ok_or_else(|| format!("{name:?}: replicas-N wants N from 1 to 16"))?;
+            scenarios.push(Scenario {
+                kind: Kind::Replicas,
+                name: format!(
+                    "{replicas} replica{}, {} ms, 4.0",
+                    if replicas == 1 { "" } else { "s" },
+                    args.replica_latency_ms
+                ),
+                events: args.replica_events,
+                repeat: 1,
+                latency_ms: args.replica_latency_ms,
+                runs: args.runs,
+                replicas,
+                amqp_url: amqp_url_4.clone(),
+            });
+            continue;
+        }
         let (kind, repeat, latency_ms, label) = match name.as_str() {
             "bare" => (Kind::Bare, 1, 0, "bare".to_owned()),
             "bare-batched" => (Kind::BareBatched, 1, 0, "bare, batched acks".to_owned()),
@@ -324,6 +372,8 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             repeat,
             latency_ms,
             runs: args.runs,
+            replicas: 1,
+            amqp_url: args.amqp_url.clone(),
         });
     }
     if args.large {
@@ -334,10 +384,17 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             repeat: 1,
             latency_ms: 0,
             runs: args.large_runs,
+            replicas: 1,
+            amqp_url: args.amqp_url.clone(),
         });
     }
 
-    let mut machine = machine(rabbitmq_version().await);
+    let rabbitmq_4 = if scenarios.iter().any(|s| s.kind == Kind::Replicas) {
+        rabbitmq_version(15673).await
+    } else {
+        String::new()
+    };
+    let mut machine = machine(rabbitmq_version(15672).await, rabbitmq_4);
     eprintln!(
         "bench: {} events x {} runs; machine {} ({} cores), {}; load {}",
         args.events, args.runs, machine.cpu, machine.cores, machine.rabbitmq, machine.load_before
@@ -391,6 +448,8 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
         concurrency: args.concurrency,
         prefetch: args.prefetch,
         latency_ms: args.latency_ms,
+        replica_events: args.replica_events,
+        replica_latency_ms: args.replica_latency_ms,
         bare_mode: &args.bare_mode,
         bare_runs_in: "a child process (the bench binary re-executed), like the worker",
         summaries: &summaries,

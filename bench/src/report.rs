@@ -10,13 +10,23 @@ pub struct Summary {
     pub name: String,
     pub kind: Kind,
     pub events: usize,
+    /// Worker processes per run.
+    pub replicas: usize,
+    /// mos-sim's added latency, ms.
+    pub latency_ms: u64,
     pub runs_ok: usize,
     pub failures: Vec<String>,
     pub msg_per_s: Option<Spread>,
     /// Median msg/s over the bare consumer's median (and the per-round ratios' range).
     pub ratio_to_bare: Option<Spread>,
-    /// Latency scenario: concurrency / latency.
+    /// Latency scenario: concurrency / latency; replicas: replicas x concurrency / latency.
     pub bound_msg_per_s: Option<f64>,
+    /// Replicas: median msg/s over the 1-replica scenario's median.
+    pub ratio_to_one_replica: Option<f64>,
+    /// Replicas: msg/s while every replica was busy (until the first ran out).
+    pub all_busy_msg_per_s: Option<Spread>,
+    /// Replicas: partitions each replica wins by rendezvous hashing, in start order.
+    pub partition_split: Vec<usize>,
     /// Latency scenario: median over min(bound, instant median).
     pub ratio_to_reference: Option<f64>,
     pub p50_ms: Option<Spread>,
@@ -72,12 +82,23 @@ pub fn summarise(
                 name: s.name.clone(),
                 kind: s.kind,
                 events: s.events,
+                replicas: s.replicas,
+                latency_ms: s.latency_ms,
                 runs_ok: runs.len(),
                 failures,
                 msg_per_s: of(&runs, |r| Some(r.msg_per_s)),
                 ratio_to_bare: None,
-                bound_msg_per_s: (s.kind == Kind::Latency && s.latency_ms > 0)
-                    .then(|| concurrency as f64 / (s.latency_ms as f64 / 1000.0)),
+                bound_msg_per_s: (matches!(s.kind, Kind::Latency | Kind::Replicas)
+                    && s.latency_ms > 0)
+                    .then(|| {
+                        (s.replicas.max(1) * concurrency) as f64 / (s.latency_ms as f64 / 1000.0)
+                    }),
+                ratio_to_one_replica: None,
+                all_busy_msg_per_s: of(&runs, |r| r.all_busy_msg_per_s),
+                partition_split: runs
+                    .first()
+                    .map(|r| r.replicas.iter().map(|x| x.partitions_expected).collect())
+                    .unwrap_or_default(),
                 ratio_to_reference: None,
                 p50_ms: of(&runs, |r| Some(r.p50_ms)),
                 p99_ms: of(&runs, |r| Some(r.p99_ms)),
@@ -106,7 +127,19 @@ pub fn summarise(
         .iter()
         .find(|s| s.kind == Kind::Instant)
         .and_then(|s| s.msg_per_s);
+    let one_replica = out
+        .iter()
+        .find(|s| s.kind == Kind::Replicas && s.replicas == 1)
+        .and_then(|s| s.msg_per_s);
     for summary in &mut out {
+        if summary.kind == Kind::Replicas {
+            // Another broker and a slow endpoint: compared with one replica, not bare.
+            summary.ratio_to_one_replica = summary
+                .msg_per_s
+                .zip(one_replica)
+                .map(|(r, one)| r.median / one.median);
+            continue;
+        }
         if summary.kind == Kind::Bare {
             continue;
         }
@@ -166,6 +199,60 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
             name: "routing step: partitioned (default) / direct throughput, instant target".into(),
             wanted: "reported".into(),
             measured: ratio.map_or("n/a".into(), |r| format!("{:.0} %", r * 100.0)),
+            met: None,
+        });
+    }
+    let one = summaries
+        .iter()
+        .find(|s| s.kind == Kind::Replicas && s.replicas == 1);
+    for many in summaries
+        .iter()
+        .filter(|s| s.kind == Kind::Replicas && s.replicas > 1)
+    {
+        // Latency-bound: N replicas keep N x concurrency calls in flight.
+        let wanted = 0.9 * many.replicas as f64;
+        let what = format!(
+            "{} vs 1 replica, {} ms endpoint, RabbitMQ 4.0",
+            many.replicas, many.latency_ms
+        );
+        let ratio = many.ratio_to_one_replica;
+        out.push(Target {
+            name: format!("{what}: msg/s ratio"),
+            wanted: format!(">= {wanted:.1}x"),
+            measured: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            met: ratio.map(|r| r >= wanted - 1e-9),
+        });
+        let busy = many
+            .all_busy_msg_per_s
+            .zip(one.and_then(|o| o.all_busy_msg_per_s))
+            .map(|(m, o)| m.median / o.median);
+        out.push(Target {
+            name: format!("{what}: msg/s ratio while every replica is busy"),
+            wanted: "reported".into(),
+            measured: busy.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            met: None,
+        });
+        let split = &many.partition_split;
+        let most = split.iter().copied().max().unwrap_or(0);
+        let total: usize = split.iter().sum();
+        out.push(Target {
+            name: format!(
+                "{what}: ceiling of a full drain from the partition split (partitions / most on one replica)"
+            ),
+            wanted: "reported".into(),
+            measured: if most == 0 {
+                "n/a".into()
+            } else {
+                format!(
+                    "{:.2}x (split {})",
+                    total as f64 / most as f64,
+                    split
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                )
+            },
             met: None,
         });
     }
@@ -252,6 +339,17 @@ pub fn table(summaries: &[Summary]) -> String {
                 (Some(r), Some(b)) => format!("{r:.2} of min(bound {b:.0}, instant)"),
                 _ => "–".into(),
             },
+            Kind::Replicas => {
+                let bound = s
+                    .bound_msg_per_s
+                    .map_or(String::new(), |b| format!(" (bound {b:.0})"));
+                if s.replicas == 1 {
+                    format!("1.00 (ref){bound}")
+                } else {
+                    s.ratio_to_one_replica
+                        .map_or("–".into(), |r| format!("{r:.2}x of 1 replica{bound}"))
+                }
+            }
             _ => s
                 .ratio_to_bare
                 .map_or("–".into(), |r| format!("{:.2} of bare", r.median)),

@@ -40,6 +40,9 @@ pub enum Kind {
     Large,
     /// Worker, instant target, direct mode (`LINKER_PARTITIONS=0`): no routing step.
     Direct,
+    /// Worker run as `Scenario::replicas` processes (distinct `LINKER_REPLICA_ID`s)
+    /// against one mos-sim with a fixed latency, on the RabbitMQ 4.0 broker.
+    Replicas,
 }
 
 impl Kind {
@@ -58,11 +61,45 @@ pub struct Scenario {
     /// mos-sim added latency per request.
     pub latency_ms: u64,
     pub runs: usize,
+    /// Worker processes (1 for every kind but `Replicas`).
+    pub replicas: usize,
+    /// The broker of this scenario (`--amqp-url`, or `--amqp-url-4` for `Replicas`).
+    pub amqp_url: String,
+}
+
+/// `LINKER_REPLICA_ID`s of the replica scenarios, in start order. Their
+/// rendezvous split of the 16 default partitions is 5/6/5, the most even
+/// three ids can get (see [`partition_split`]); `a`, `b`, `c` split 5/4/7.
+pub const REPLICA_IDS: [&str; 3] = ["x", "y", "z"];
+
+/// The replica ids of a run of `replicas` workers.
+pub fn replica_ids(replicas: usize) -> Vec<String> {
+    (0..replicas)
+        .map(|i| {
+            REPLICA_IDS
+                .get(i)
+                .map_or_else(|| format!("r{i}"), |id| (*id).to_owned())
+        })
+        .collect()
+}
+
+/// How many of `partitions` each replica wins by rendezvous hashing (the
+/// worker's own `consumer_priority`, highest wins), in the order of `ids`.
+pub fn partition_split(ids: &[String], partitions: u16) -> Vec<usize> {
+    let mut counts = vec![0; ids.len()];
+    for partition in 0..partitions {
+        let winner = (0..ids.len()).max_by_key(|&i| {
+            identity_link_worker::broker::partitions::consumer_priority(&ids[i], partition)
+        });
+        if let Some(i) = winner {
+            counts[i] += 1;
+        }
+    }
+    counts
 }
 
 /// What every run shares.
 pub struct Bench {
-    pub amqp_url: String,
     pub worker_bin: PathBuf,
     pub sim_bin: PathBuf,
     pub self_bin: PathBuf,
@@ -82,8 +119,24 @@ pub struct Sample {
     pub t: f64,
     /// Messages settled since the window started.
     pub messages: u64,
-    /// Resident set size of the consumer process, MiB.
+    /// Resident set size of the consumer process (replicas: their sum), MiB.
     pub rss_mib: f64,
+}
+
+/// One worker process of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaResult {
+    pub replica_id: String,
+    /// Partitions this id wins by rendezvous hashing among the run's ids.
+    pub partitions_expected: usize,
+    /// `/readyz` `partitions_active` at the end: partitions that delivered to it.
+    pub partitions_active: Option<Vec<u16>>,
+    /// Messages it settled in the window.
+    pub window_messages: u64,
+    /// Seconds from the window start until it settled its last message.
+    pub done_secs: f64,
+    pub peak_rss_mib: f64,
+    pub cpu_secs: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -107,8 +160,10 @@ pub struct RunResult {
     /// Bare only: exact quantiles of every sample, ms.
     pub exact_p50_ms: Option<f64>,
     pub exact_p99_ms: Option<f64>,
-    /// VmHWM of the consumer process at the end of the run, MiB.
+    /// VmHWM of the consumer process at the end of the run, MiB (replicas:
+    /// the sum of theirs, what the deployment holds).
     pub peak_rss_mib: f64,
+    /// The consumer's CPU in the window (replicas: summed).
     pub cpu_secs: f64,
     pub cpu_s_per_1k: f64,
     pub sim_cpu_secs: f64,
@@ -124,6 +179,12 @@ pub struct RunResult {
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub sim: Option<SimStats>,
     pub timeline: Vec<Sample>,
+    /// Replica scenarios: every worker process.
+    pub replicas: Vec<ReplicaResult>,
+    /// Replica scenarios: msg/s from the window start until the first replica
+    /// settled its last message (all replicas busy; the rest of the window is
+    /// the replicas with more partitions finishing alone).
+    pub all_busy_msg_per_s: Option<f64>,
 }
 
 /// The run's private names and worker variables, and where its mos-sim listens.
@@ -132,10 +193,10 @@ struct Names {
     sim_port: u16,
 }
 
-fn names(bench: &Bench, sim_port: u16) -> Result<Names, String> {
+fn names(bench: &Bench, amqp_url: &str, sim_port: u16) -> Result<Names, String> {
     let sim_url = format!("http://127.0.0.1:{sim_port}{}", mos_sim::ENDPOINT_PATH);
     let vars = with(
-        private_vars("bench", &bench.amqp_url, &sim_url, SIM_KEY),
+        private_vars("bench", amqp_url, &sim_url, SIM_KEY),
         &[
             ("LINKER_CONCURRENCY", &bench.concurrency.to_string()),
             ("LINKER_PREFETCH", &bench.prefetch.to_string()),
@@ -173,16 +234,9 @@ async fn get_ok(http: &reqwest::Client, url: &str) -> bool {
     matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> Result<(Scrape, Instant), String> {
-    let before = Instant::now();
-    let scrape = testkit::scrape::fetch(http, url).await?;
-    let after = Instant::now();
-    // The scrape describes the moment halfway through the request.
-    Ok((scrape, before + (after - before) / 2))
-}
-
 struct Cpu {
-    consumer: f64,
+    /// Per consumer process (the replicas of a run).
+    consumer: Vec<f64>,
     sim: f64,
     /// Per broker pid: short-lived beam.smp processes (rabbitmqctl run by
     /// others) must not make the difference negative.
@@ -191,9 +245,12 @@ struct Cpu {
     busy: f64,
 }
 
-fn cpu_now(consumer: u32, sim: Option<u32>, broker: &[u32]) -> Cpu {
+fn cpu_now(consumers: &[u32], sim: Option<u32>, broker: &[u32]) -> Cpu {
     Cpu {
-        consumer: procs::cpu_seconds(consumer).unwrap_or(0.0),
+        consumer: consumers
+            .iter()
+            .map(|pid| procs::cpu_seconds(*pid).unwrap_or(0.0))
+            .collect(),
         sim: sim.and_then(procs::cpu_seconds).unwrap_or(0.0),
         broker: broker
             .iter()
@@ -206,8 +263,8 @@ fn cpu_now(consumer: u32, sim: Option<u32>, broker: &[u32]) -> Cpu {
 
 /// Runs one scenario once. Cleans up (children, queues) whatever happens.
 pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<RunResult, String> {
-    let connection = try_connect(&bench.amqp_url, "bench harness").await?;
-    let names = names(bench, testkit::process::free_port())?;
+    let connection = try_connect(&scenario.amqp_url, "bench harness").await?;
+    let names = names(bench, &scenario.amqp_url, testkit::process::free_port())?;
     let topology = &names.private.topology;
     names.private.declare(&connection).await?;
 
@@ -354,6 +411,122 @@ async fn measure(
     Ok(result)
 }
 
+/// The worker processes of one run, each with its ops port and log.
+struct Replica {
+    id: Option<String>,
+    proc: Proc,
+    readyz: String,
+    metrics: String,
+    log: PathBuf,
+}
+
+/// Starts `scenario.replicas` worker processes at once (one is the usual
+/// worker run; only the replica scenarios set `LINKER_REPLICA_ID`).
+fn spawn_replicas(
+    bench: &Bench,
+    scenario: &Scenario,
+    run: usize,
+    names: &Names,
+) -> Result<Vec<Replica>, String> {
+    let ids: Vec<Option<String>> = if scenario.kind == Kind::Replicas {
+        replica_ids(scenario.replicas)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None; scenario.replicas.max(1)]
+    };
+    let mut replicas = Vec::new();
+    for id in ids {
+        let ops_port = testkit::process::free_port();
+        let mut env = names.private.vars.clone();
+        env.push(("LINKER_HTTP_ADDR".into(), format!("127.0.0.1:{ops_port}")));
+        if let Some(id) = &id {
+            env.push(("LINKER_REPLICA_ID".into(), id.clone()));
+        }
+        env.extend(bench.worker_env.iter().cloned());
+        if scenario.kind == Kind::Direct {
+            env.push(("LINKER_PARTITIONS".into(), "0".into()));
+        }
+        let log = bench.log_dir.join(match &id {
+            Some(id) => format!("{}-{run}-worker-{id}.log", scenario.name),
+            None => format!("{}-{run}-worker.log", scenario.name),
+        });
+        let proc = Proc::spawn(
+            "identity-link-worker",
+            &bench.worker_bin,
+            &["run".to_owned()],
+            &env,
+            log.clone(),
+            false,
+        )?;
+        replicas.push(Replica {
+            id,
+            proc,
+            readyz: format!("http://127.0.0.1:{ops_port}/readyz"),
+            metrics: format!("http://127.0.0.1:{ops_port}/metrics"),
+            log,
+        });
+    }
+    Ok(replicas)
+}
+
+/// Sums scrapes of several replicas (counters, histogram buckets, sums).
+fn merge(scrapes: Vec<Scrape>) -> Scrape {
+    let mut iter = scrapes.into_iter();
+    let Some(mut total) = iter.next() else {
+        return Scrape::default();
+    };
+    for s in iter {
+        for (k, v) in s.outcomes {
+            *total.outcomes.entry(k).or_default() += v;
+        }
+        for (k, v) in s.dead_lettered {
+            *total.dead_lettered.entry(k).or_default() += v;
+        }
+        for (k, v) in s.skipped {
+            *total.skipped.entry(k).or_default() += v;
+        }
+        // The same binary: the same bucket bounds, in the same order.
+        for (bucket, (_, count)) in total.duration_buckets.iter_mut().zip(&s.duration_buckets) {
+            bucket.1 += count;
+        }
+        total.in_flight += s.in_flight;
+        total.api_requests += s.api_requests;
+        total.api_duration.0 += s.api_duration.0;
+        total.api_duration.1 += s.api_duration.1;
+        total.message_duration.0 += s.message_duration.0;
+        total.message_duration.1 += s.message_duration.1;
+        total.cache_hits += s.cache_hits;
+        total.retries += s.retries;
+    }
+    total
+}
+
+/// One scrape of every replica, summed, and each replica's settled count;
+/// timed at the middle of the (concurrent) requests.
+async fn scrape_all(
+    http: &reqwest::Client,
+    replicas: &[Replica],
+) -> Result<(Scrape, Vec<u64>, Instant), String> {
+    let before = Instant::now();
+    let scrapes = futures_util::future::try_join_all(
+        replicas
+            .iter()
+            .map(|r| testkit::scrape::fetch(http, &r.metrics)),
+    )
+    .await?;
+    let after = Instant::now();
+    let settled = scrapes.iter().map(Scrape::settled).collect();
+    Ok((merge(scrapes), settled, before + (after - before) / 2))
+}
+
+/// `/readyz`'s `partitions_active` of one replica (None if absent).
+async fn partitions_active(http: &reqwest::Client, url: &str) -> Option<Vec<u16>> {
+    let body: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+    serde_json::from_value(body.get("partitions_active")?.clone()).ok()
+}
+
 async fn measure_worker(
     bench: &Bench,
     scenario: &Scenario,
@@ -364,55 +537,47 @@ async fn measure_worker(
     result: &mut RunResult,
 ) -> Result<(), String> {
     let n = result.events;
-    let ops_port = testkit::process::free_port();
-    let mut env = names.private.vars.clone();
-    env.push(("LINKER_HTTP_ADDR".into(), format!("127.0.0.1:{ops_port}")));
-    env.extend(bench.worker_env.iter().cloned());
-    if scenario.kind == Kind::Direct {
-        env.push(("LINKER_PARTITIONS".into(), "0".into()));
-    }
-    let log = bench
-        .log_dir
-        .join(format!("{}-{run}-worker.log", scenario.name));
-    let mut worker = Proc::spawn(
-        "identity-link-worker",
-        &bench.worker_bin,
-        &["run".to_owned()],
-        &env,
-        log.clone(),
-        false,
-    )?;
+    let mut replicas = spawn_replicas(bench, scenario, run, names)?;
+    let pids: Vec<u32> = replicas.iter().map(|r| r.proc.pid).collect();
+    let rss_sum = |pids: &[u32]| pids.iter().filter_map(|p| procs::rss_mib(*p)).sum::<f64>();
     let outcome = async {
-        let readyz = format!("http://127.0.0.1:{ops_port}/readyz");
-        let metrics = format!("http://127.0.0.1:{ops_port}/metrics");
-        let ready = wait_until(Duration::from_secs(60), || get_ok(&bench.http, &readyz)).await;
-        if !ready {
-            return Err(format!(
-                "the worker did not become ready within 60 s ({:?}); see {}",
-                worker.exited(),
-                log.display()
-            ));
+        // Started together; the window opens once every replica is ready.
+        for replica in &mut replicas {
+            let ready = wait_until(Duration::from_secs(60), || {
+                get_ok(&bench.http, &replica.readyz)
+            })
+            .await;
+            if !ready {
+                return Err(format!(
+                    "the worker did not become ready within 60 s ({:?}); see {}",
+                    replica.proc.exited(),
+                    replica.log.display()
+                ));
+            }
         }
         // Window start: the first scrape after ready (messages already
         // settled by then are left out of the rate).
-        let (start, t0) = scrape(&bench.http, &metrics).await?;
-        let cpu0 = cpu_now(worker.pid, sim_pid, broker);
+        let (start, start_each, t0) = scrape_all(&bench.http, &replicas).await?;
+        let cpu0 = cpu_now(&pids, sim_pid, broker);
         let m0 = start.settled();
         let mut last = (m0, Instant::now());
         let mut next_sample = Instant::now();
-        let (end, t1) = loop {
-            let (now, t) = scrape(&bench.http, &metrics).await?;
+        // Every scrape: (time, total settled, settled per replica).
+        let mut history: Vec<(Instant, u64, Vec<u64>)> = Vec::new();
+        let (end, end_each, t1) = loop {
+            let (now, each, t) = scrape_all(&bench.http, &replicas).await?;
             let settled = now.settled();
+            history.push((t, settled, each.clone()));
             if Instant::now() >= next_sample {
                 result.timeline.push(Sample {
                     t: (t - t0).as_secs_f64(),
                     messages: settled - m0,
-                    rss_mib: procs::rss_mib(worker.pid).unwrap_or(0.0),
+                    rss_mib: rss_sum(&pids),
                 });
                 next_sample += Duration::from_millis(250);
             }
             if settled >= n {
-                break (now, t);
+                break (now, each, t);
             }
             if settled != last.0 {
                 last = (settled, Instant::now());
@@ -422,19 +587,54 @@ async fn measure_worker(
                     bench.stall_limit, now.outcomes
                 ));
             }
-            if let Some(status) = worker.exited() {
-                return Err(format!("the worker exited during the run: {status}"));
+            for replica in &mut replicas {
+                if let Some(status) = replica.proc.exited() {
+                    return Err(format!("the worker exited during the run: {status}"));
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let cpu1 = cpu_now(worker.pid, sim_pid, broker);
-        result.peak_rss_mib = procs::peak_rss_mib(worker.pid).unwrap_or(0.0);
+        let cpu1 = cpu_now(&pids, sim_pid, broker);
+        result.peak_rss_mib = pids.iter().filter_map(|p| procs::peak_rss_mib(*p)).sum();
         result.timeline.push(Sample {
             t: (t1 - t0).as_secs_f64(),
             messages: end.settled() - m0,
-            rss_mib: procs::rss_mib(worker.pid).unwrap_or(0.0),
+            rss_mib: rss_sum(&pids),
         });
         fill_window(result, n - m0, t1 - t0, &cpu0, &cpu1);
+        if scenario.kind == Kind::Replicas {
+            let ids: Vec<String> = replicas.iter().filter_map(|r| r.id.clone()).collect();
+            let partitions = u16::try_from(names.private.topology.partitions.len()).unwrap_or(0);
+            let split = partition_split(&ids, partitions);
+            // When each replica settled its last message.
+            let done: Vec<Instant> = (0..replicas.len())
+                .map(|i| {
+                    history
+                        .iter()
+                        .find(|(_, _, each)| each[i] >= end_each[i])
+                        .map_or(t1, |h| h.0)
+                })
+                .collect();
+            for (i, replica) in replicas.iter().enumerate() {
+                result.replicas.push(ReplicaResult {
+                    replica_id: replica.id.clone().unwrap_or_default(),
+                    partitions_expected: split.get(i).copied().unwrap_or(0),
+                    partitions_active: partitions_active(&bench.http, &replica.readyz).await,
+                    window_messages: end_each[i] - start_each[i],
+                    done_secs: (done[i] - t0).as_secs_f64(),
+                    peak_rss_mib: procs::peak_rss_mib(replica.proc.pid).unwrap_or(0.0),
+                    cpu_secs: cpu1.consumer[i] - cpu0.consumer[i],
+                });
+            }
+            // All busy: until the first replica ran out of messages.
+            if let Some(first) = done.iter().min() {
+                let settled = history.iter().find(|h| h.0 == *first).map_or(n, |h| h.1);
+                let secs = (*first - t0).as_secs_f64();
+                if secs > 0.0 {
+                    result.all_busy_msg_per_s = Some((settled - m0) as f64 / secs);
+                }
+            }
+        }
         let buckets = stats::bucket_delta(&end.duration_buckets, &start.duration_buckets);
         result.p50_ms = stats::histogram_quantile(0.5, &buckets).unwrap_or(0.0) * 1e3;
         result.p99_ms = stats::histogram_quantile(0.99, &buckets).unwrap_or(0.0) * 1e3;
@@ -447,7 +647,12 @@ async fn measure_worker(
             return Err(format!("unexpected outcomes: {:?}", end.outcomes));
         }
         if end.settled() != n {
-            return Err(format!("{} settled, expected {n}", end.settled()));
+            // More than n: some were settled twice (redelivered after a lost session).
+            return Err(format!(
+                "{} settled, expected {n}; outcomes {:?}",
+                end.settled(),
+                end.outcomes
+            ));
         }
         if end.retries != 0 {
             return Err(format!("{} retries during the run", end.retries));
@@ -455,13 +660,19 @@ async fn measure_worker(
         Ok(())
     }
     .await;
-    let code = worker.stop(Duration::from_secs(30)).await;
-    exited_0(outcome, code, |code| {
-        format!(
-            "the worker exited with {code:?} on SIGTERM; see {}",
-            log.display()
-        )
-    })
+    // Every replica gets SIGTERM and must exit 0; the first problem is reported.
+    let mut outcome = outcome;
+    for replica in replicas {
+        let code = replica.proc.stop(Duration::from_secs(30)).await;
+        let log = replica.log;
+        outcome = exited_0(outcome, code, |code| {
+            format!(
+                "the worker exited with {code:?} on SIGTERM; see {}",
+                log.display()
+            )
+        });
+    }
+    outcome
 }
 
 /// The measurement's own error first; else the consumer must have exited 0.
@@ -482,7 +693,7 @@ fn fill_window(result: &mut RunResult, messages: u64, window: Duration, cpu0: &C
     result.window_messages = messages;
     result.window_secs = secs;
     result.msg_per_s = messages as f64 / secs;
-    result.cpu_secs = cpu1.consumer - cpu0.consumer;
+    result.cpu_secs = cpu1.consumer.iter().sum::<f64>() - cpu0.consumer.iter().sum::<f64>();
     result.cpu_s_per_1k = result.cpu_secs / (messages.max(1) as f64 / 1000.0);
     result.sim_cpu_secs = cpu1.sim - cpu0.sim;
     result.broker_cpu_secs = cpu1
@@ -522,7 +733,7 @@ async fn measure_bare(
     let n = result.events;
     let args = vec![
         "__bare-consumer".to_owned(),
-        bench.amqp_url.clone(),
+        scenario.amqp_url.clone(),
         topology.queue.clone(),
         n.to_string(),
         bench.prefetch.to_string(),
@@ -551,7 +762,7 @@ async fn measure_bare(
         if line != "ready" {
             return Err(format!("bare consumer said {line:?}"));
         }
-        let cpu0 = cpu_now(bare.pid, None, broker);
+        let cpu0 = cpu_now(&[bare.pid], None, broker);
         let mut last_progress = (0u64, Instant::now());
         let (t1, report) = loop {
             let (t, line) = next_line(&mut rx, bench.stall_limit).await?;
@@ -573,7 +784,7 @@ async fn measure_bare(
                 break (t, report);
             }
         };
-        let cpu1 = cpu_now(bare.pid, None, broker);
+        let cpu1 = cpu_now(&[bare.pid], None, broker);
         result.peak_rss_mib = procs::peak_rss_mib(bare.pid).unwrap_or(0.0);
         result.timeline.push(Sample {
             t: (t1 - t0).as_secs_f64(),
