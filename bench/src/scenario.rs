@@ -326,7 +326,6 @@ async fn start_sim(
     Ok(sim)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure(
     bench: &Bench,
     scenario: &Scenario,
