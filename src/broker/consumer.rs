@@ -126,7 +126,7 @@ impl Dispatch<'_> {
             body: &delivery.data,
             event_type: &route.routing_key,
             message_id: props.message_id().as_ref().map(|s| s.as_str()),
-            attempts: headers::get_u32(props, headers::ATTEMPTS),
+            attempts: headers::get_u32(props, headers::ATTEMPTS).unwrap_or(0),
         });
         let turn = self.turns.take(prepared.visitor());
         let sources = Arc::clone(&self.sources);

@@ -82,7 +82,7 @@ fn view(delivery: &lapin::message::Delivery) -> DeadLetterView {
     DeadLetterView {
         reason: reason_of(props),
         error: headers::get_str(props, headers::ERROR),
-        attempts: headers::get_u32(props, headers::ATTEMPTS),
+        attempts: headers::get_u32(props, headers::ATTEMPTS).unwrap_or(0),
         original_exchange: headers::get_str(props, headers::ORIGINAL_EXCHANGE),
         original_routing_key: headers::get_str(props, headers::ORIGINAL_ROUTING_KEY),
         failed_at: headers::get_str(props, headers::FAILED_AT),

@@ -27,23 +27,24 @@ pub fn get_str(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Any integer type, or digits in a string; anything else counts as 0.
-pub fn get_u32(props: &BasicProperties, name: &str) -> u32 {
-    let value = match get(props, name) {
-        Some(AMQPValue::ShortShortInt(v)) => i64::from(*v),
-        Some(AMQPValue::ShortShortUInt(v)) => i64::from(*v),
-        Some(AMQPValue::ShortInt(v)) => i64::from(*v),
-        Some(AMQPValue::ShortUInt(v)) => i64::from(*v),
-        Some(AMQPValue::LongInt(v)) => i64::from(*v),
-        Some(AMQPValue::LongUInt(v)) => i64::from(*v),
-        Some(AMQPValue::LongLongInt(v)) => *v,
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
+/// Any integer type, or digits in a string; `None` when the header is
+/// missing or holds anything else, so a caller decides what absence means.
+pub fn get_u32(props: &BasicProperties, name: &str) -> Option<u32> {
+    let value = match get(props, name)? {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes())
             .trim()
             .parse()
-            .unwrap_or(0),
-        _ => 0,
+            .ok()?,
+        _ => return None,
     };
-    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+    Some(u32::try_from(value.max(0)).unwrap_or(u32::MAX))
 }
 
 /// Where the message first came from: our headers if it already went round

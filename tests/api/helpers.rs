@@ -251,7 +251,9 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
     headers::get_str(&delivery.properties, name)
 }
 
-pub fn header_u32(delivery: &Delivery, name: &str) -> u32 {
+/// A numeric header; `None` when it is missing, so a test that expects
+/// `Some(0)` fails on a dead letter without the header.
+pub fn header_u32(delivery: &Delivery, name: &str) -> Option<u32> {
     headers::get_u32(&delivery.properties, name)
 }
 

@@ -46,7 +46,7 @@ async fn the_retry_ladder_ends_in_retries_exhausted() {
     let dead = app.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(reason(&dead[0]).as_deref(), Some("retries_exhausted"));
-    assert_eq!(header_u32(&dead[0], headers::ATTEMPTS), 2);
+    assert_eq!(header_u32(&dead[0], headers::ATTEMPTS), Some(2));
     assert_eq!(
         header(&dead[0], headers::ORIGINAL_ROUTING_KEY).as_deref(),
         Some("user.logged_in")
