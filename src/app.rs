@@ -78,12 +78,13 @@ impl Application {
         let pipeline = Arc::new(Pipeline {
             handler: Handler::new(
                 config.events.clone(),
-                config.retry.ladder.clone(),
+                config.retry.clone(),
                 linker.clone(),
                 circuit.clone(),
             ),
             topology: Topology::new(&config.broker, &config.retry.ladder),
             metrics: metrics.clone(),
+            oversized_copies: tokio::sync::Semaphore::new(1),
         });
         let activity = Arc::new(PartitionActivity::new(
             pipeline.topology.partitions.len(),
@@ -132,7 +133,7 @@ impl Application {
         ));
         let probe_task = tokio::spawn(probe_loop(
             self.circuit.clone(),
-            self.linker.clone(),
+            self.linker.endpoint_check(),
             self.config.retry.circuit_probe_interval,
             stop.clone(),
         ));

@@ -7,10 +7,10 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::EventConfig;
+use crate::config::{EventConfig, RetryConfig};
 use crate::domain::{
-    AnonymousId, EventMeta, LinkEvent, LinkResult, Outcome, ParsedEvent, Rejection, RetryLadder,
-    SkipReason, parse_event, partition_of,
+    AnonymousId, DeadLetterReason, EventMeta, LinkEvent, LinkResult, Outcome, ParsedEvent,
+    Rejection, RetryLadder, SkipReason, parse_event, partition_of,
 };
 use crate::link::{Circuit, Linker, policy};
 use crate::ops::telemetry::ident;
@@ -24,6 +24,8 @@ pub struct Inbound<'a> {
     pub message_id: Option<&'a str>,
     /// Delayed attempts so far (`x-linker-attempts`).
     pub attempts: u32,
+    /// Times handed back so far (`x-linker-hand-backs`).
+    pub hand_backs: u32,
 }
 
 /// What a consumer does with the events that need a call.
@@ -39,6 +41,7 @@ pub enum Role {
 pub struct Handler {
     events: EventConfig,
     ladder: RetryLadder,
+    max_hand_backs: u32,
     linker: Arc<Linker>,
     circuit: Arc<Circuit>,
 }
@@ -48,6 +51,7 @@ pub struct Prepared {
     pub event_id: Option<String>,
     pub occurred_at: Option<SystemTime>,
     pub attempts: u32,
+    pub hand_backs: u32,
     pub next: Next,
 }
 
@@ -76,13 +80,14 @@ impl Prepared {
 impl Handler {
     pub fn new(
         events: EventConfig,
-        ladder: RetryLadder,
+        retry: RetryConfig,
         linker: Arc<Linker>,
         circuit: Arc<Circuit>,
     ) -> Self {
         Self {
             events,
-            ladder,
+            ladder: retry.ladder,
+            max_hand_backs: retry.max_hand_backs.get(),
             linker,
             circuit,
         }
@@ -94,6 +99,23 @@ impl Handler {
         let meta = EventMeta {
             message_id: message.message_id.map(str::to_owned),
         };
+        // Before any parsing: a parsed body costs many times its size.
+        if message.body.len() > self.events.max_body_bytes {
+            return Prepared {
+                event_id: meta.message_id.filter(|id| !id.is_empty()),
+                occurred_at: None,
+                attempts: message.attempts,
+                hand_backs: message.hand_backs,
+                next: Next::Decided(Outcome::DeadLetter {
+                    reason: DeadLetterReason::BodyTooLarge,
+                    error: format!(
+                        "body is {} bytes, over LINKER_MAX_BODY_BYTES ({}); not parsed",
+                        message.body.len(),
+                        self.events.max_body_bytes
+                    ),
+                }),
+            };
+        }
         let ParsedEvent {
             event_id,
             occurred_at,
@@ -125,6 +147,7 @@ impl Handler {
             event_id,
             occurred_at,
             attempts: message.attempts,
+            hand_backs: message.hand_backs,
             next,
         }
     }
@@ -135,12 +158,14 @@ impl Handler {
             event_id,
             occurred_at,
             attempts,
+            hand_backs,
             next,
         } = prepared;
         let outcome = match next {
             Next::Decided(outcome) => outcome,
             Next::Link(event) => self.link(event, event_id.as_deref(), attempts, role).await,
         };
+        let outcome = policy::cap_hand_backs(outcome, hand_backs, self.max_hand_backs);
         Handled {
             outcome,
             event_id,

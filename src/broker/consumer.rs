@@ -82,7 +82,12 @@ struct Dispatch<'a> {
 }
 
 impl Dispatch<'_> {
-    fn spawn(&mut self, source: usize, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+    fn spawn(
+        &mut self,
+        source: usize,
+        mut delivery: Delivery,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let received = Instant::now();
         let Consumer {
             session,
@@ -111,6 +116,12 @@ impl Dispatch<'_> {
         if let Some(partition) = self.sources[source].partition {
             activity.delivered(partition);
         }
+        // Headers are the worker's own only when the worker wrote them: what
+        // comes from the producers' exchange has ours taken out, here, before
+        // anything reads them or copies them on.
+        if delivery.exchange.as_str() == pipeline.topology.exchange {
+            delivery.properties = headers::from_producer(&delivery.properties);
+        }
         let props = &delivery.properties;
         let (exchange, routing_key) = headers::original_route(
             props,
@@ -127,6 +138,7 @@ impl Dispatch<'_> {
             event_type: &route.routing_key,
             message_id: props.message_id().as_ref().map(|s| s.as_str()),
             attempts: headers::get_u32(props, headers::ATTEMPTS).unwrap_or(0),
+            hand_backs: headers::get_u32(props, headers::HAND_BACKS).unwrap_or(0),
         });
         let turn = self.turns.take(prepared.visitor());
         let sources = Arc::clone(&self.sources);

@@ -3,10 +3,13 @@
 //! Messages are read with `basic.get` and held unacked while we look, so the
 //! queue is never changed by looking; closing the channel puts back what we
 //! did not take (a quorum queue applies those returns asynchronously, so each
-//! command waits until they show again). A replay publishes the copy to its
-//! original exchange and routing key, waits for the broker's confirm, and
-//! only then acks (removes) the dead letter: a crash in between leaves a
-//! duplicate, never a loss.
+//! command waits until they show again). A replay publishes the copy to
+//! `LINKER_EXCHANGE` with its original routing key, waits for the broker's
+//! confirm, and only then acks (removes) the dead letter: a crash in between
+//! leaves a duplicate, never a loss. The recorded route is never trusted as
+//! a destination: a message the broker dead-lettered itself still carries
+//! whatever headers its producer set, so a replay publishes nowhere but
+//! `LINKER_EXCHANGE`, and only with a routing key `LINKER_ROUTING_KEYS` binds.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,6 +53,10 @@ pub struct DlqStats {
 pub struct ReplayReport {
     pub replayed: usize,
     pub left: usize,
+    /// Left in place, and why: no route, or a route the worker does not consume.
+    pub refused: Vec<String>,
+    /// Replayed to `LINKER_EXCHANGE` although another exchange was recorded.
+    pub rerouted: Vec<String>,
     pub failed: Vec<String>,
 }
 
@@ -196,32 +203,37 @@ pub async fn replay(
             // Dead-lettered by the broker itself (delivery limit): use x-death.
             _ => headers::x_death_route(props),
         };
-        let Some((exchange, routing_key)) = route else {
+        let id = props.message_id().as_ref().map_or_else(
+            || "(no message_id)".to_owned(),
+            |id| format!("{:?}", id.as_str()),
+        );
+        let Some((recorded_exchange, routing_key)) = route else {
             report.left += 1;
-            report
-                .failed
-                .push("a message has no original exchange/routing key; left in place".to_owned());
+            report.refused.push(format!(
+                "message {id}: no original routing key recorded; left in place"
+            ));
             continue;
         };
-        let cleaned = headers::with_headers(
-            props,
-            &[],
-            &[
-                headers::ATTEMPTS,
-                headers::REASON,
-                headers::ERROR,
-                headers::ORIGINAL_EXCHANGE,
-                headers::ORIGINAL_ROUTING_KEY,
-                headers::FAILED_AT,
-                "x-death",
-                "x-first-death-exchange",
-                "x-first-death-queue",
-                "x-first-death-reason",
-                "x-delivery-count",
-            ],
-        );
+        if !topology.binds(&routing_key) {
+            report.left += 1;
+            report.refused.push(format!(
+                "message {id}: original routing key {routing_key:?} is not bound by LINKER_ROUTING_KEYS {:?}; left in place",
+                topology.routing_keys
+            ));
+            continue;
+        }
+        if recorded_exchange != topology.exchange {
+            report.rerouted.push(format!(
+                "message {id}: recorded exchange {recorded_exchange:?} ignored; replayed to LINKER_EXCHANGE {:?}",
+                topology.exchange
+            ));
+        }
+        // As a producer would publish it: the worker strips these on arrival
+        // from LINKER_EXCHANGE anyway; taken out here so the copy says so too.
+        let cleaned =
+            headers::with_headers(&headers::from_producer(props), &[], &["x-delivery-count"]);
         match publisher
-            .publish(&exchange, &routing_key, &delivery.data, cleaned)
+            .publish(&topology.exchange, &routing_key, &delivery.data, cleaned)
             .await
         {
             Ok(()) => {

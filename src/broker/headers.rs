@@ -9,6 +9,9 @@ pub const ERROR: &str = "x-linker-error";
 pub const ORIGINAL_EXCHANGE: &str = "x-linker-original-exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "x-linker-original-routing-key";
 pub const FAILED_AT: &str = "x-linker-failed-at";
+pub const HAND_BACKS: &str = "x-linker-hand-backs";
+/// Every header of ours starts with this.
+const OURS: &str = "x-linker-";
 /// Reason shown for messages the broker dead-lettered itself (`x-delivery-limit`).
 pub const DELIVERY_LIMIT_REASON: &str = "delivery_limit";
 
@@ -38,13 +41,39 @@ pub fn get_u32(props: &BasicProperties, name: &str) -> Option<u32> {
         AMQPValue::LongInt(v) => i64::from(*v),
         AMQPValue::LongUInt(v) => i64::from(*v),
         AMQPValue::LongLongInt(v) => *v,
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes())
-            .trim()
-            .parse()
-            .ok()?,
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
         _ => return None,
     };
     Some(u32::try_from(value.max(0)).unwrap_or(u32::MAX))
+}
+
+/// A producer's message, with what only the worker or the broker may write
+/// taken out: a producer could otherwise skip the retry ladder
+/// (`x-linker-attempts`), pick where a replay publishes
+/// (`x-linker-original-*`), or forge the broker's `x-death` history.
+/// Applied to every delivery that comes from the producers' exchange.
+pub fn from_producer(props: &BasicProperties) -> BasicProperties {
+    let Some(table) = props.headers() else {
+        return props.clone();
+    };
+    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = table
+        .inner()
+        .iter()
+        .filter(|(name, _)| !written_by_us_or_the_broker(name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if kept.len() == table.inner().len() {
+        return props.clone();
+    }
+    props.clone().with_headers(FieldTable::from(kept))
+}
+
+fn written_by_us_or_the_broker(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with(OURS)
+        || name == "x-death"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
 }
 
 /// Where the message first came from: our headers if it already went round
@@ -136,4 +165,51 @@ pub fn text(value: &str) -> AMQPValue {
 
 pub fn int(value: u32) -> AMQPValue {
     AMQPValue::LongLongInt(i64::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (name, value) in pairs {
+            table.insert(ShortString::from(*name), value.clone());
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn a_producer_cannot_write_our_headers_or_the_brokers() {
+        let props = with(&[
+            (ATTEMPTS, int(99)),
+            (HAND_BACKS, int(99)),
+            ("X-Linker-Original-Exchange", text("elsewhere")),
+            (ORIGINAL_ROUTING_KEY, text("anything")),
+            ("x-death", AMQPValue::FieldArray(Default::default())),
+            ("x-first-death-queue", text("q")),
+            ("traceparent", text("00-abc")),
+        ]);
+        let cleaned = from_producer(&props);
+        assert_eq!(get_u32(&cleaned, ATTEMPTS), None);
+        assert_eq!(get_u32(&cleaned, HAND_BACKS), None);
+        assert_eq!(
+            original_route(&cleaned, "auth.events", "user.logged_in").0,
+            "auth.events"
+        );
+        assert!(get(&cleaned, "x-death").is_none());
+        assert!(get(&cleaned, "x-first-death-queue").is_none());
+        assert_eq!(get_str(&cleaned, "traceparent").as_deref(), Some("00-abc"));
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_count_is_none() {
+        assert_eq!(get_u32(&with(&[]), ATTEMPTS), None);
+        assert_eq!(get_u32(&with(&[(ATTEMPTS, text("x"))]), ATTEMPTS), None);
+        assert_eq!(
+            get_u32(&with(&[(ATTEMPTS, text(" 3 "))]), ATTEMPTS),
+            Some(3)
+        );
+        assert_eq!(get_u32(&with(&[(ATTEMPTS, int(2))]), ATTEMPTS), Some(2));
+    }
 }

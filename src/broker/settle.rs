@@ -15,7 +15,7 @@ use super::headers;
 use super::publisher::Publisher;
 use super::topology::Topology;
 use super::turns::Turn;
-use crate::domain::Outcome;
+use crate::domain::{DeadLetterReason, Outcome};
 use crate::handler::{Handler, Prepared, Role};
 use crate::ops::metrics::Metrics;
 use crate::ops::record::{self, Settled};
@@ -25,6 +25,9 @@ pub struct Pipeline {
     pub handler: Handler,
     pub topology: Topology,
     pub metrics: Arc<Metrics>,
+    /// One copy of an over-limit body at a time: publishing copies the body
+    /// into frames, so concurrent copies of big bodies would add up.
+    pub oversized_copies: tokio::sync::Semaphore,
 }
 
 /// What every delivery task of one broker session shares.
@@ -58,6 +61,15 @@ pub struct Route {
     pub routing_key: String,
 }
 
+/// What a delivery had been through before this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SoFar {
+    /// Delayed attempts (`x-linker-attempts`).
+    pub attempts: u32,
+    /// Hand-backs (`x-linker-hand-backs`).
+    pub hand_backs: u32,
+}
+
 /// How a delivery is settled.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settlement {
@@ -73,14 +85,18 @@ pub enum Settlement {
 
 impl Settlement {
     /// The settlement of `outcome` for a delivery from `route` that had had
-    /// `attempts` delayed attempts, consumed from the queue `source`.
+    /// `so_far` delayed attempts and hand-backs, consumed from the queue `source`.
     pub fn of(
         outcome: &Outcome,
         route: &Route,
-        attempts: u32,
+        so_far: SoFar,
         topology: &Topology,
         source: &str,
     ) -> Self {
+        let SoFar {
+            attempts,
+            hand_backs,
+        } = so_far;
         let origin = || {
             [
                 (headers::ORIGINAL_EXCHANGE, headers::text(&route.exchange)),
@@ -124,7 +140,10 @@ impl Settlement {
             Outcome::HandBack { .. } => Settlement::CopyThenAck {
                 exchange: String::new(),
                 routing_key: source.to_owned(),
-                headers: origin().into_iter().collect(),
+                headers: origin()
+                    .into_iter()
+                    .chain([(headers::HAND_BACKS, headers::int(hand_backs + 1))])
+                    .collect(),
             },
             Outcome::Route { partition } => Settlement::CopyThenAck {
                 exchange: String::new(),
@@ -176,7 +195,10 @@ pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
     } = in_hand;
     let pipeline = &ctx.pipeline;
     pipeline.metrics.in_flight.inc();
-    let attempts = prepared.attempts;
+    let so_far = SoFar {
+        attempts: prepared.attempts,
+        hand_backs: prepared.hand_backs,
+    };
     let finished = tokio::select! {
         biased;
         _ = ctx.abort.cancelled() => None,
@@ -194,7 +216,7 @@ pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
     let settlement = Settlement::of(
         &handled.outcome,
         &route,
-        attempts,
+        so_far,
         &pipeline.topology,
         &source.queue,
     );
@@ -205,6 +227,13 @@ pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
     } = &settlement
     {
         let properties = headers::with_headers(&delivery.properties, headers, &[]);
+        let _one_at_a_time = match &handled.outcome {
+            Outcome::DeadLetter {
+                reason: DeadLetterReason::BodyTooLarge,
+                ..
+            } => pipeline.oversized_copies.acquire().await.ok(),
+            _ => None,
+        };
         if let Err(error) = ctx
             .publisher
             .publish(exchange, routing_key, &delivery.data, properties)
@@ -270,6 +299,13 @@ mod tests {
         }
     }
 
+    fn so_far(attempts: u32, hand_backs: u32) -> SoFar {
+        SoFar {
+            attempts,
+            hand_backs,
+        }
+    }
+
     fn names(settlement: &Settlement) -> (String, String, Vec<&'static str>) {
         match settlement {
             Settlement::Ack => panic!("expected a copy"),
@@ -293,7 +329,7 @@ mod tests {
             Outcome::Skipped(SkipReason::SameIdentifier),
         ] {
             assert_eq!(
-                Settlement::of(&outcome, &route(), 0, &topology(), "q"),
+                Settlement::of(&outcome, &route(), SoFar::default(), &topology(), "q"),
                 Settlement::Ack
             );
         }
@@ -308,7 +344,7 @@ mod tests {
                 delay: Duration::from_secs(10),
             },
         };
-        let settlement = Settlement::of(&outcome, &route(), 0, &topology(), "q");
+        let settlement = Settlement::of(&outcome, &route(), SoFar::default(), &topology(), "q");
         let (exchange, routing_key, headers) = names(&settlement);
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
@@ -331,7 +367,7 @@ mod tests {
             reason: DeadLetterReason::Malformed,
             error: "x".repeat(5000),
         };
-        let settlement = Settlement::of(&outcome, &route(), 2, &topology(), "q");
+        let settlement = Settlement::of(&outcome, &route(), so_far(2, 0), &topology(), "q");
         let (exchange, routing_key, names) = names(&settlement);
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
@@ -358,32 +394,46 @@ mod tests {
     }
 
     #[test]
-    fn a_hand_back_returns_to_the_work_queue_untouched() {
+    fn a_hand_back_returns_to_its_queue_counting_the_hand_back() {
         let outcome = Outcome::HandBack {
             error: "circuit open".into(),
         };
-        let (exchange, routing_key, names) = names(&Settlement::of(
+        let settlement = Settlement::of(
             &outcome,
             &route(),
-            3,
+            so_far(3, 4),
             &topology(),
             "q.partition.2",
-        ));
+        );
+        let (exchange, routing_key, names) = names(&settlement);
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
             ("", "q.partition.2")
         );
         assert_eq!(
             names,
-            [headers::ORIGINAL_EXCHANGE, headers::ORIGINAL_ROUTING_KEY]
+            [
+                headers::ORIGINAL_EXCHANGE,
+                headers::ORIGINAL_ROUTING_KEY,
+                headers::HAND_BACKS
+            ]
         );
+        let Settlement::CopyThenAck { headers: set, .. } = settlement else {
+            unreachable!()
+        };
+        assert_eq!(set[2].1, headers::int(5));
     }
 
     #[test]
     fn a_routed_event_goes_to_its_partition_with_its_origin() {
         let outcome = Outcome::Route { partition: 3 };
-        let (exchange, routing_key, names) =
-            names(&Settlement::of(&outcome, &route(), 1, &topology(), "q"));
+        let (exchange, routing_key, names) = names(&Settlement::of(
+            &outcome,
+            &route(),
+            so_far(1, 0),
+            &topology(),
+            "q",
+        ));
         assert_eq!(
             (exchange.as_str(), routing_key.as_str()),
             ("", "q.partition.3")

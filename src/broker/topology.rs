@@ -49,6 +49,22 @@ fn retry_queue_name(queue: &str, delay: Duration) -> String {
     format!("{queue}.retry.{}", delay_label(delay))
 }
 
+/// AMQP 0-9-1 topic matching of a binding pattern against a routing key.
+fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| go(rest, &key[skip..])),
+            Some((&word, rest)) => key
+                .split_first()
+                .is_some_and(|(first, tail)| (word == "*" || word == *first) && go(rest, tail)),
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    go(&pattern, &key)
+}
+
 impl Topology {
     /// Every name derives from the broker section; one retry queue per step of the ladder.
     pub fn new(broker: &BrokerConfig, ladder: &RetryLadder) -> Self {
@@ -85,6 +101,15 @@ impl Topology {
             .chain(std::iter::once(self.dead_letter.as_str()))
             .chain(self.retry_queues.iter().map(|r| r.name.as_str()))
             .chain(self.partitions.iter().map(String::as_str))
+    }
+
+    /// Whether a message published to the exchange with this routing key
+    /// reaches the work queue: one of the bindings matches it, by the topic
+    /// exchange's rules (`*` one word, `#` zero or more).
+    pub fn binds(&self, routing_key: &str) -> bool {
+        self.routing_keys
+            .iter()
+            .any(|pattern| topic_matches(pattern, routing_key))
     }
 
     /// The queue of the ladder step with this delay.
@@ -279,5 +304,28 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn routing_keys_match_like_a_topic_exchange() {
+        for (pattern, key, matches) in [
+            ("user.logged_in", "user.logged_in", true),
+            ("user.logged_in", "user.signed_up", false),
+            ("user.*", "user.logged_in", true),
+            ("user.*", "user.a.b", false),
+            ("user.#", "user", true),
+            ("user.#", "user.a.b", true),
+            ("#", "anything.at.all", true),
+            ("#.in", "user.logged.in", true),
+            ("*.in", "in", false),
+            ("user.logged_in", "user.logged_in.extra", false),
+        ] {
+            assert_eq!(topic_matches(pattern, key), matches, "{pattern} ~ {key}");
+        }
     }
 }

@@ -81,10 +81,16 @@ pub async fn replay(config: &ToolConfig, limit: usize, reason: Option<String>) -
             "replayed {} message(s); {} left in {}",
             report.replayed, report.left, topology.dead_letter
         );
+        for rerouted in &report.rerouted {
+            println!("  rerouted: {rerouted}");
+        }
+        for refused in &report.refused {
+            println!("  refused: {refused}");
+        }
         for failure in &report.failed {
             println!("  not replayed: {failure}");
         }
-        if report.failed.is_empty() {
+        if report.failed.is_empty() && report.refused.is_empty() {
             Ok(())
         } else {
             Err("some messages were not replayed".into())

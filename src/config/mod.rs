@@ -15,8 +15,8 @@ use serde::Deserialize;
 pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
 use self::values::{
-    amqp_url, at_least_one, boolean, duration, endpoint_url, list, name, non_zero, number, parsed,
-    partitions, pointers, positive_duration, replica_id, retry_ladder, secret_key,
+    amqp_url, at_least_one, body_limit, boolean, duration, endpoint_url, list, name, non_zero,
+    number, parsed, partitions, pointers, positive_duration, replica_id, retry_ladder, secret_key,
 };
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
@@ -95,6 +95,9 @@ pub struct EventConfig {
     pub user_id_pointers: JsonPointers,
     /// `LINKER_BLOCKED_IDENTIFIERS`.
     pub blocklist: Blocklist,
+    /// `LINKER_MAX_BODY_BYTES`, default 65536: a larger body is dead-lettered
+    /// `body_too_large` without being parsed.
+    pub max_body_bytes: usize,
 }
 
 /// The link call and the worker's half of check-then-create.
@@ -125,6 +128,9 @@ pub struct RetryConfig {
     pub circuit_probe_interval: Duration,
     /// `LINKER_CIRCUIT_FAILURE_THRESHOLD`, default 20.
     pub circuit_failure_threshold: NonZeroU32,
+    /// `LINKER_MAX_HAND_BACKS`, default 10: a message handed back this many
+    /// times (the circuit was open each time) is dead-lettered `hand_backs_exhausted`.
+    pub max_hand_backs: NonZeroU32,
 }
 
 /// Running the process: operations port, logs, shutdown.
@@ -153,6 +159,8 @@ const DEFAULT_PREFETCH: NonZeroU16 = NonZeroU16::new(256).unwrap();
 const DEFAULT_DELIVERY_LIMIT: NonZeroU32 = NonZeroU32::new(20).unwrap();
 const DEFAULT_CONCURRENCY: NonZeroUsize = NonZeroUsize::new(128).unwrap();
 const DEFAULT_CIRCUIT_FAILURE_THRESHOLD: NonZeroU32 = NonZeroU32::new(20).unwrap();
+const DEFAULT_MAX_HAND_BACKS: NonZeroU32 = NonZeroU32::new(10).unwrap();
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_ANONYMOUS_ID_POINTERS: &str = "/anonymousIdentifier,/anonymousId,/anonymous_id,/data/anonymousIdentifier,/data/anonymousId,/data/anonymous_id,/context/anonymousId";
@@ -174,6 +182,8 @@ struct RawEnv {
     anonymous_id_pointers: Option<String>,
     user_id_pointers: Option<String>,
     blocked_identifiers: Option<String>,
+    max_body_bytes: Option<String>,
+    max_hand_backs: Option<String>,
     mos_endpoint_url: Option<String>,
     mos_secret_key: Option<String>,
     mos_secret_key_file: Option<String>,
@@ -352,6 +362,11 @@ impl RetryConfig {
                 raw.immediate_retries.clone(),
                 3,
             )?,
+            max_hand_backs: at_least_one(
+                "LINKER_MAX_HAND_BACKS",
+                raw.max_hand_backs.clone(),
+                DEFAULT_MAX_HAND_BACKS,
+            )?,
             ladder,
         })
     }
@@ -376,6 +391,7 @@ impl EventConfig {
                     .unwrap_or(DEFAULT_BLOCKED_IDENTIFIERS)
                     .split(','),
             ),
+            max_body_bytes: body_limit(raw.max_body_bytes.clone())?,
         })
     }
 }

@@ -52,18 +52,61 @@ impl fmt::Display for AmqpUrl {
     }
 }
 
+/// The URL with its password replaced by `***`, by parsing it: a password
+/// may hold any character once percent-encoded, and a raw `/`, `@` or `#` in
+/// it defeats any pattern. A URL that does not parse shows nothing between
+/// `://` and its last `@`, where userinfo would end.
 pub(super) fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &rest[at..])
+    if let Ok(mut parsed) = reqwest::Url::parse(url) {
+        if parsed.password().is_some() && parsed.set_password(Some("***")).is_ok() {
+            // `set_password` percent-encodes: show the three stars plainly.
+            return parsed.as_str().replacen("%2A%2A%2A", "***", 1);
         }
-        None => url.to_owned(),
+        if parsed.password().is_none() {
+            return parsed.as_str().to_owned();
+        }
+    }
+    let Some(scheme_end) = url.find("://") else {
+        return "[redacted: not a URL]".to_owned();
+    };
+    match url.rfind('@') {
+        Some(at) if at > scheme_end => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_password_survives_redaction() {
+        for (url, shown) in [
+            (
+                "amqp://user:hunter2@rabbit:5672/%2f",
+                "amqp://user:***@rabbit:5672/%2f",
+            ),
+            // A raw `/` ends the authority for a pattern: the URL no longer parses.
+            (
+                "amqp://user:hun/ter2@rabbit:5672/%2f",
+                "amqp://***@rabbit:5672/%2f",
+            ),
+            (
+                "amqp://user:hun@ter2@rabbit/%2f",
+                "amqp://user:***@rabbit/%2f",
+            ),
+            (
+                "amqps://user:hun%2Fter2@rabbit/vh",
+                "amqps://user:***@rabbit/vh",
+            ),
+            ("amqp://user:h#unter2@rabbit/%2f", "amqp://***@rabbit/%2f"),
+            ("amqp://rabbit:5672/%2f", "amqp://rabbit:5672/%2f"),
+        ] {
+            let redacted = redact_userinfo(url);
+            assert_eq!(redacted, shown, "{url}");
+            for secret in ["hunter2", "ter2", "hun"] {
+                assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            }
+        }
     }
 }

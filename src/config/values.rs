@@ -308,3 +308,21 @@ pub(super) fn replica_id(value: Option<String>) -> String {
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
+
+/// `LINKER_MAX_BODY_BYTES`: room for two 512-byte identifiers and the rest of
+/// an event at the least; at most 16 MiB, so that prefetch × limit stays a
+/// figure a pod's memory limit can be sized from.
+pub(super) fn body_limit(value: Option<String>) -> Result<usize, ConfigError> {
+    const VARIABLE: &str = "LINKER_MAX_BODY_BYTES";
+    let bytes: usize = number(VARIABLE, value, super::DEFAULT_MAX_BODY_BYTES)?;
+    if !(MIN_BODY_LIMIT..=MAX_BODY_LIMIT).contains(&bytes) {
+        return Err(ConfigError::new(
+            VARIABLE,
+            format!("must be within {MIN_BODY_LIMIT}..={MAX_BODY_LIMIT} bytes, got {bytes}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+const MIN_BODY_LIMIT: usize = 2048;
+const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
 
 /// Longest identifier accepted, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 512;
@@ -197,17 +198,27 @@ impl Blocklist {
         Self(
             values
                 .into_iter()
-                .map(|v| v.trim().to_lowercase())
+                .map(fold)
                 .filter(|v| !v.is_empty())
                 .collect(),
         )
     }
 
+    /// Compared after NFKC and lowercasing, so full-width, ligature or
+    /// upper-case spellings of a placeholder match it too. Only the
+    /// comparison folds: the identifier itself is passed on byte for byte.
     pub fn contains(&self, identifier: &str) -> bool {
-        let trimmed = identifier.trim();
-        // Cheap length bound first: blocklisted values are short.
-        trimmed.len() <= 64 && self.0.contains(&trimmed.to_lowercase())
+        // Cheap length bound first: blocklisted values are short (NFKC can
+        // grow a string, by at most 18 times for one character, so bound loosely).
+        identifier.trim().len() <= 256 && self.0.contains(&fold(identifier))
     }
+}
+
+/// NFKC, lowercase, NFKC again (lowercasing can denormalise), trimmed: the
+/// NFKC_Casefold idea with Unicode's full lowercase mapping.
+fn fold(value: &str) -> String {
+    let lowered: String = value.nfkc().flat_map(char::to_lowercase).collect();
+    lowered.nfkc().collect::<String>().trim().to_owned()
 }
 
 #[cfg(test)]
@@ -272,6 +283,13 @@ mod tests {
         assert!(list.contains("0"));
         assert!(!list.contains("00"));
         assert!(!list.contains("user-1"));
+        // Full-width, mathematical and ligature spellings fold to the entry.
+        assert!(list.contains("ｕｎｄｅｆｉｎｅｄ"));
+        assert!(list.contains("ＵＮＤＥＦＩＮＥＤ"));
+        assert!(list.contains("𝐮𝐧𝐝𝐞𝐟𝐢𝐧𝐞𝐝"));
+        assert!(list.contains("\u{2003}undefined\u{3000}"));
+        assert!(Blocklist::new(["ﬁ"]).contains("FI"));
+        assert!(!list.contains("undefined-1"));
     }
 
     #[test]

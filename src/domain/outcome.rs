@@ -33,15 +33,21 @@ pub enum DeadLetterReason {
     InvalidIdentifier,
     Rejected,
     RetriesExhausted,
+    /// Over `LINKER_MAX_BODY_BYTES`: dead-lettered without being parsed.
+    BodyTooLarge,
+    /// Handed back `LINKER_MAX_HAND_BACKS` times: no message may hold its queue.
+    HandBacksExhausted,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 7] = [
         DeadLetterReason::Malformed,
         DeadLetterReason::MissingUserIdentifier,
         DeadLetterReason::InvalidIdentifier,
         DeadLetterReason::Rejected,
         DeadLetterReason::RetriesExhausted,
+        DeadLetterReason::BodyTooLarge,
+        DeadLetterReason::HandBacksExhausted,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +56,8 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidIdentifier => "invalid_identifier",
             DeadLetterReason::Rejected => "rejected",
             DeadLetterReason::RetriesExhausted => "retries_exhausted",
+            DeadLetterReason::BodyTooLarge => "body_too_large",
+            DeadLetterReason::HandBacksExhausted => "hand_backs_exhausted",
         }
     }
     pub fn parse(text: &str) -> Option<Self> {

@@ -53,7 +53,7 @@ async fn fixture(faults: Faults) -> Fixture {
         metrics,
         config.retry.immediate_retries,
     ));
-    let handler = Handler::new(config.events, config.retry.ladder, linker, circuit.clone());
+    let handler = Handler::new(config.events, config.retry, linker, circuit.clone());
     Fixture {
         sim,
         handler,
@@ -75,6 +75,7 @@ impl Fixture {
                 event_type: "user.logged_in",
                 message_id: None,
                 attempts,
+                hand_backs: 0,
             })
             .await
             .outcome

@@ -1,9 +1,10 @@
 //! The circuit breaker: link policy about the target as a whole.
 //!
-//! Opens on a refused key (401/403) or after N transient failures in a row.
-//! While open the consumer stops taking deliveries; the probe (`probe.rs`)
-//! repeats the call that tripped it every probe interval, and the first
-//! answer that shows the target up and the key accepted closes the circuit.
+//! Opens on a refused key (a 401/403 that a visitor-less check confirms) or
+//! after N transient failures in a row. While open the consumer stops taking
+//! deliveries; the probe (`probe.rs`) checks the endpoint with a request that
+//! carries no visitor every probe interval, and the first answer that shows
+//! the target up and the key accepted closes the circuit.
 //! What an answer means is [`TargetHealth::of`]'s to say, nobody else's.
 
 use std::num::NonZeroU32;
@@ -15,7 +16,6 @@ use tokio::sync::watch;
 
 use super::policy::CallError;
 use super::policy::TargetHealth;
-use crate::domain::LinkEvent;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 
@@ -45,8 +45,8 @@ impl TripReason {
 #[derive(Debug, Clone)]
 struct Trip {
     reason: TripReason,
-    /// The request the probe repeats: the one that tripped the circuit.
-    probe: LinkEvent,
+    /// For `/readyz`: the status, or what kept the answer from coming, never
+    /// an endpoint's body (which may echo anything).
     last_error: String,
 }
 
@@ -90,13 +90,9 @@ impl Circuit {
             .map(|t| (t.reason, t.last_error.clone()))
     }
 
-    pub fn probe_request(&self) -> Option<LinkEvent> {
-        self.lock().as_ref().map(|t| t.probe.clone())
-    }
-
     /// Every link call's answer: a refused key opens at once, transient
     /// failures at the threshold; an answer from a healthy target resets the count.
-    pub fn observe<T>(&self, request: &LinkEvent, answer: &Result<T, CallError>) {
+    pub fn observe<T>(&self, answer: &Result<T, CallError>) {
         let error = match answer {
             Err(error) => error,
             Ok(_) => return self.record_success(),
@@ -106,12 +102,10 @@ impl Circuit {
             TargetHealth::Unavailable => {
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if failures >= self.threshold {
-                    self.open_with(TripReason::TargetUnavailable, request, &error.message);
+                    self.open_with(TripReason::TargetUnavailable, error);
                 }
             }
-            TargetHealth::KeyRefused => {
-                self.open_with(TripReason::KeyRefused, request, &error.message)
-            }
+            TargetHealth::KeyRefused => self.open_with(TripReason::KeyRefused, error),
         }
     }
 
@@ -130,7 +124,7 @@ impl Circuit {
         let error = answer
             .as_ref()
             .err()
-            .map(|e| e.message.clone())
+            .map(CallError::summary)
             .unwrap_or_default();
         if let Some(trip) = self.lock().as_mut() {
             trip.reason = reason;
@@ -149,7 +143,8 @@ impl Circuit {
         }
     }
 
-    fn open_with(&self, reason: TripReason, request: &LinkEvent, error: &str) {
+    fn open_with(&self, reason: TripReason, error: &CallError) {
+        let summary = error.summary();
         let mut trip = self.lock();
         match trip.as_mut() {
             Some(existing) => {
@@ -157,25 +152,24 @@ impl Circuit {
                 if reason == TripReason::KeyRefused {
                     existing.reason = reason;
                 }
-                existing.last_error = error.to_owned();
+                existing.last_error = summary;
                 self.readiness.set_paused(Some((
                     existing.reason.readiness_reason(),
                     existing.last_error.clone(),
                 )));
             }
             None => {
+                self.readiness
+                    .set_paused(Some((reason.readiness_reason(), summary.clone())));
                 *trip = Some(Trip {
                     reason,
-                    probe: request.clone(),
-                    last_error: error.to_owned(),
+                    last_error: summary,
                 });
                 self.open.store(true, Ordering::Release);
                 self.metrics.circuit_open.set(1);
-                self.readiness
-                    .set_paused(Some((reason.readiness_reason(), error.to_owned())));
                 tracing::error!(
                     reason = reason.as_str(),
-                    %error,
+                    error = %error.message,
                     "circuit opened: pausing consumption until a probe call succeeds"
                 );
                 self.state.send_replace(true);
@@ -203,21 +197,13 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AnonymousId, UserId};
     use crate::link::policy::Verdict;
-
-    fn request() -> LinkEvent {
-        LinkEvent {
-            anonymous: AnonymousId::parse("a").unwrap(),
-            user: UserId::parse("u").unwrap(),
-        }
-    }
 
     fn failed(verdict: Verdict) -> Result<(), CallError> {
         Err(CallError {
             verdict,
-            status: None,
-            message: "503".into(),
+            status: Some(503),
+            message: "HTTP 503 from the link endpoint: <html>a body</html>".into(),
         })
     }
 
@@ -234,16 +220,16 @@ mod tests {
     fn opens_after_threshold_in_a_row() {
         let circuit = circuit(3);
         let transient = || failed(Verdict::RetryAfter(None));
-        circuit.observe(&request(), &transient());
-        circuit.observe(&request(), &transient());
-        circuit.observe(&request(), &Ok::<(), CallError>(()));
-        circuit.observe(&request(), &transient());
+        circuit.observe(&transient());
+        circuit.observe(&transient());
+        circuit.observe(&Ok::<(), CallError>(()));
+        circuit.observe(&transient());
         // A rejection proves the target up: it resets the count too.
-        circuit.observe(&request(), &failed(Verdict::Reject));
-        circuit.observe(&request(), &transient());
-        circuit.observe(&request(), &transient());
+        circuit.observe(&failed(Verdict::Reject));
+        circuit.observe(&transient());
+        circuit.observe(&transient());
         assert!(!circuit.is_open());
-        circuit.observe(&request(), &transient());
+        circuit.observe(&transient());
         assert!(circuit.is_open());
         assert_eq!(circuit.reason().unwrap().0, TripReason::TargetUnavailable);
         assert_eq!(
@@ -263,13 +249,15 @@ mod tests {
         let circuit = circuit(20);
         circuit.readiness.set_connected(true);
         let mut state = circuit.subscribe();
-        circuit.observe(&request(), &failed(Verdict::KeyRefused));
+        circuit.observe(&failed(Verdict::KeyRefused));
         assert!(circuit.is_open());
         assert!(*state.borrow_and_update());
-        assert_eq!(circuit.probe_request(), Some(request()));
+        let not_ready = circuit.readiness.check().unwrap_err();
+        assert_eq!(not_ready.reason, "circuit_open_key_refused");
+        // The status only: an endpoint's body never reaches `/readyz`.
         assert_eq!(
-            circuit.readiness.check().unwrap_err().reason,
-            "circuit_open_key_refused"
+            circuit.reason().unwrap().1,
+            "HTTP 503 from the link endpoint"
         );
         circuit.observe_probe(&Ok::<(), CallError>(()));
         assert!(!circuit.is_open());

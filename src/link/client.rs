@@ -123,13 +123,16 @@ impl LinkClient {
                 });
             }
         };
-        classify(status, retry_after, is_json, &bytes).map_err(|e| self.scrub_error(e))
+        // Scrubbed whole, before `classify` cuts an excerpt: a key echoed
+        // across the cut would otherwise leave its first part in the excerpt.
+        classify(status, retry_after, is_json, &self.scrub_body(&bytes))
     }
 
     /// `check-config`: POSTs `{}`. The workflow answers 400 for missing
     /// fields once the key is accepted, so 400 (or 2xx) means reachable and
     /// authorised, and no link can be created.
     pub async fn check_reachable(&self) -> Result<u16, CallError> {
+        let started = Instant::now();
         let sent = self
             .http
             .post(self.url.clone())
@@ -141,16 +144,20 @@ impl LinkClient {
             .json(&serde_json::json!({}))
             .send()
             .await;
-        let response = sent
-            .map_err(|error| CallError::no_answer(self.scrub(&describe_transport_error(&error))))?;
+        let response = sent.map_err(|error| {
+            self.metrics.count_api_request(None, started.elapsed());
+            CallError::no_answer(self.scrub(&describe_transport_error(&error)))
+        })?;
         let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        self.metrics
+            .count_api_request(Some(status.as_u16()), started.elapsed());
         if status == StatusCode::BAD_REQUEST || status.is_success() {
             return Ok(status.as_u16());
         }
-        let body = response.bytes().await.unwrap_or_default();
-        match classify(status, None, false, &body) {
+        match classify(status, None, false, &self.scrub_body(&body)) {
             Ok(_) => Ok(status.as_u16()),
-            Err(error) => Err(self.scrub_error(error)),
+            Err(error) => Err(error),
         }
     }
 
@@ -159,11 +166,9 @@ impl LinkClient {
         text.replace(self.secret.expose(), "[redacted]")
     }
 
-    fn scrub_error(&self, error: CallError) -> CallError {
-        CallError {
-            message: self.scrub(&error.message),
-            ..error
-        }
+    /// The body with every copy of the key taken out, before anything is cut from it.
+    fn scrub_body<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+        scrub_bytes(body, self.secret.expose().as_bytes())
     }
 }
 
@@ -180,6 +185,24 @@ fn request_id_header(request_id: &str) -> HeaderValue {
             .collect();
         HeaderValue::from_str(&cleaned).unwrap_or(HeaderValue::from_static("invalid-event-id"))
     })
+}
+
+fn scrub_bytes<'b>(body: &'b [u8], secret: &[u8]) -> std::borrow::Cow<'b, [u8]> {
+    if secret.is_empty() || !body.windows(secret.len()).any(|w| w == secret) {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.starts_with(secret) {
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[secret.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn describe_transport_error(error: &reqwest::Error) -> String {
@@ -319,6 +342,22 @@ mod tests {
             request_id_header("évènement").as_bytes(),
             "évènement".as_bytes()
         );
+    }
+
+    #[test]
+    fn a_key_echoed_across_the_cut_leaves_nothing_of_itself() {
+        let key = "sk_live_0123456789abcdefghijklmnopqrstuvwxyz";
+        // The key starts 10 characters before the excerpt's end.
+        let body = format!("{}{key} and more", "x".repeat(MAX_BODY_IN_ERROR - 10));
+        let scrubbed = scrub_bytes(body.as_bytes(), key.as_bytes());
+        let err = classify(StatusCode::BAD_REQUEST, None, false, &scrubbed).unwrap_err();
+        assert!(!err.message.contains(&key[..10]), "{}", err.message);
+        assert!(err.message.contains("[redacted]"));
+        assert_eq!(
+            scrub_bytes(b"ab", key.as_bytes()),
+            std::borrow::Cow::Borrowed(b"ab".as_slice())
+        );
+        assert_eq!(&*scrub_bytes(b"kkk", b"kk"), b"[redacted]k".as_slice());
     }
 
     #[test]

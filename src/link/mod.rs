@@ -14,5 +14,5 @@ pub use cache::LinkedCache;
 pub use circuit::{Circuit, TripReason};
 pub use client::{LinkClient, parse_retry_after};
 pub use policy::{CallError, TargetHealth, Verdict};
-pub use probe::probe_loop;
+pub use probe::{EndpointCheck, probe_loop};
 pub use single_flight::Linker;

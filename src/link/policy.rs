@@ -41,6 +41,15 @@ impl CallError {
         }
     }
 
+    /// The status, or what kept an answer from coming: never the body, for
+    /// places that must not carry what an endpoint echoes (`/readyz`).
+    pub fn summary(&self) -> String {
+        match self.status {
+            Some(code) => format!("HTTP {code} from the link endpoint"),
+            None => self.message.clone(),
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self.verdict {
             Verdict::RetryAfter(after) => after,
@@ -69,6 +78,30 @@ impl TargetHealth {
                 Verdict::KeyRefused => TargetHealth::KeyRefused,
             },
         }
+    }
+}
+
+/// A 401/403 for one request, read against a check without a visitor made
+/// after it (`probe.rs`): the key is refused only if the check is refused
+/// too. Else the refusal is about this request (a WAF rule matching an
+/// identifier, a workflow refusing one user): it is rejected, and must not
+/// pause every other visitor.
+pub fn refusal_given(refused: CallError, check: &Result<u16, CallError>) -> CallError {
+    match TargetHealth::of(check) {
+        TargetHealth::KeyRefused => refused,
+        TargetHealth::Up => CallError {
+            verdict: Verdict::Reject,
+            message: format!(
+                "{} (refused for this request only: a request without identifiers was accepted with the same key)",
+                refused.message
+            ),
+            ..refused
+        },
+        // Neither proven: treat it as any failed call, so the ladder bounds it.
+        TargetHealth::Unavailable => CallError {
+            verdict: Verdict::RetryAfter(None),
+            ..refused
+        },
     }
 }
 
@@ -110,6 +143,21 @@ pub fn after_failure(
     }
 }
 
+/// A hand-back costs no retry step, so it needs a bound of its own: a
+/// message handed back `max` times already is dead-lettered instead, and no
+/// message can hold its queue however often the circuit opens.
+pub fn cap_hand_backs(outcome: Outcome, hand_backs: u32, max: u32) -> Outcome {
+    match outcome {
+        Outcome::HandBack { error } if hand_backs >= max => Outcome::DeadLetter {
+            reason: DeadLetterReason::HandBacksExhausted,
+            error: format!(
+                "handed back {hand_backs} times (LINKER_MAX_HAND_BACKS) while the circuit was open; last: {error}"
+            ),
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +168,41 @@ mod tests {
             status: None,
             message: "boom".into(),
         }
+    }
+
+    #[test]
+    fn a_refusal_blames_the_key_only_when_the_check_is_refused_too() {
+        let refused = || CallError {
+            verdict: Verdict::KeyRefused,
+            status: Some(403),
+            message: "HTTP 403 from the link endpoint: blocked".into(),
+        };
+        let check_refused: Result<u16, CallError> = Err(refused());
+        assert_eq!(refusal_given(refused(), &check_refused), refused());
+        let accepted = refusal_given(refused(), &Ok(400));
+        assert_eq!(accepted.verdict, Verdict::Reject);
+        assert_eq!(accepted.status, Some(403));
+        assert!(accepted.message.starts_with("HTTP 403"));
+        let down: Result<u16, CallError> = Err(error(Verdict::RetryAfter(None)));
+        assert_eq!(
+            refusal_given(refused(), &down).verdict,
+            Verdict::RetryAfter(None)
+        );
+    }
+
+    #[test]
+    fn hand_backs_are_capped() {
+        let hand_back = || Outcome::HandBack {
+            error: "circuit open".into(),
+        };
+        assert_eq!(cap_hand_backs(hand_back(), 9, 10), hand_back());
+        assert!(matches!(
+            cap_hand_backs(hand_back(), 10, 10),
+            Outcome::DeadLetter { reason: DeadLetterReason::HandBacksExhausted, error }
+                if error.contains("10 times") && error.contains("circuit open")
+        ));
+        let linked = Outcome::Linked(crate::domain::LinkResult::Linked);
+        assert_eq!(cap_hand_backs(linked.clone(), 99, 10), linked);
     }
 
     #[test]

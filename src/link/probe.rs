@@ -1,19 +1,62 @@
-//! The circuit's probe: while the circuit is open, repeat the call that
-//! tripped it every probe interval; the circuit reads the answer.
+//! Proving the endpoint, never a pair: a request that carries no visitor
+//! (`POST {}`, as `check-config` sends), which the workflow answers 400 for
+//! the missing fields once the key is accepted. The circuit's probe repeats
+//! it while the circuit is open; a link call refused 401/403 asks for one
+//! before anything blames the key. A request with a visitor in it could be
+//! refused for that visitor alone (a WAF rule matching an identifier), and
+//! repeating it would keep every replica paused forever.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::circuit::Circuit;
-use super::policy::TargetHealth;
-use super::single_flight::Linker;
-use crate::ops::telemetry::ident;
+use super::client::LinkClient;
+use super::policy::{CallError, TargetHealth};
+
+/// One check in flight at a time; callers that arrive while one runs, or
+/// that ask for a check no older than one just made, share its answer.
+pub struct EndpointCheck {
+    client: LinkClient,
+    last: Mutex<Option<Checked>>,
+}
+
+struct Checked {
+    started: Instant,
+    answer: Result<u16, CallError>,
+}
+
+impl EndpointCheck {
+    pub fn new(client: LinkClient) -> Self {
+        Self {
+            client,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The answer of a check that started at `since` or later.
+    pub async fn since(&self, since: Instant) -> Result<u16, CallError> {
+        let mut last = self.last.lock().await;
+        if let Some(checked) = last.as_ref()
+            && checked.started >= since
+        {
+            return checked.answer.clone();
+        }
+        let started = Instant::now();
+        let answer = self.client.check_reachable().await;
+        *last = Some(Checked {
+            started,
+            answer: answer.clone(),
+        });
+        answer
+    }
+}
 
 pub async fn probe_loop(
     circuit: Arc<Circuit>,
-    linker: Arc<Linker>,
+    check: Arc<EndpointCheck>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -27,11 +70,10 @@ pub async fn probe_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let Some(request) = circuit.probe_request() else {
+        if !circuit.is_open() {
             continue;
-        };
-        let request_id = format!("circuit-probe-{}", uuid::Uuid::new_v4());
-        let answer = linker.probe(&request, &request_id).await;
+        }
+        let answer = check.since(Instant::now()).await;
         let error = answer.as_ref().err().map(|e| e.message.as_str());
         match circuit.observe_probe(&answer) {
             TargetHealth::Up => {}
@@ -43,7 +85,6 @@ pub async fn probe_loop(
             TargetHealth::Unavailable => tracing::error!(
                 error,
                 next_probe_in = ?interval,
-                anonymous = %ident(request.anonymous.as_str()),
                 "the link endpoint is still unavailable"
             ),
         }

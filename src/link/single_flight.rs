@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::watch;
@@ -17,7 +17,8 @@ use super::cache::LinkedCache;
 use super::circuit::Circuit;
 use super::client::LinkClient;
 use super::policy;
-use super::policy::CallError;
+use super::policy::{CallError, Verdict};
+use super::probe::EndpointCheck;
 use crate::domain::{AnonymousId, LinkEvent, LinkResult, UserId};
 use crate::ops::metrics::Metrics;
 
@@ -38,6 +39,7 @@ const SHARDS: usize = 16;
 
 pub struct Linker {
     client: LinkClient,
+    check: Arc<EndpointCheck>,
     cache: LinkedCache,
     circuit: Arc<Circuit>,
     metrics: Arc<Metrics>,
@@ -80,6 +82,7 @@ impl Linker {
         immediate_retries: usize,
     ) -> Self {
         Self {
+            check: Arc::new(EndpointCheck::new(client.clone())),
             client,
             cache,
             circuit,
@@ -96,6 +99,11 @@ impl Linker {
 
     pub fn client(&self) -> &LinkClient {
         &self.client
+    }
+
+    /// The visitor-less check, shared with the circuit's probe.
+    pub fn endpoint_check(&self) -> Arc<EndpointCheck> {
+        Arc::clone(&self.check)
     }
 
     /// `true` (and counted) when the pair is known linked: no call needed.
@@ -118,16 +126,6 @@ impl Linker {
     pub async fn link(&self, event: &LinkEvent, request_id: &str) -> Result<LinkResult, CallError> {
         self.link_in_flight(event, request_id, self.immediate_retries)
             .await
-    }
-
-    /// The circuit's probe: one call, no retries, still under the single
-    /// flight so it never overlaps another call for the same visitor.
-    pub async fn probe(
-        &self,
-        event: &LinkEvent,
-        request_id: &str,
-    ) -> Result<LinkResult, CallError> {
-        self.link_in_flight(event, request_id, 0).await
     }
 
     async fn link_in_flight(
@@ -209,8 +207,15 @@ impl Linker {
             .with_factor(2.0)
             .with_max_times(retries);
         let attempt = || async {
-            let result = self.client.link(event, request_id).await;
-            self.circuit.observe(event, &result);
+            let sent = Instant::now();
+            let mut result = self.client.link(event, request_id).await;
+            if let Err(refused) = &result
+                && refused.verdict == Verdict::KeyRefused
+            {
+                let check = self.check.since(sent).await;
+                result = Err(policy::refusal_given(refused.clone(), &check));
+            }
+            self.circuit.observe(&result);
             result
         };
         attempt

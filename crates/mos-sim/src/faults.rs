@@ -15,6 +15,15 @@ pub struct RateFault {
     pub probability: f64,
 }
 
+/// Refuse every request whose body contains a text, as a web application
+/// firewall in front of the endpoint does (e.g. `<script` in an identifier).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefuseFault {
+    pub contains: String,
+    pub status: u16,
+}
+
 /// Faults applied to the link route, before the auth check and the store.
 ///
 /// Per request, in order: `latency_ms` (+ up to `jitter_ms`) is added; then
@@ -40,6 +49,8 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// Send `Retry-After` as an HTTP date `retry_after_secs` from now.
     pub retry_after_http_date: bool,
+    /// Checked after the key, on the request body: content-dependent refusals.
+    pub refuse: Option<RefuseFault>,
 }
 
 // Not derived: `retry_after_secs` defaults to 1, also for serde's defaults.
@@ -54,6 +65,7 @@ impl Default for Faults {
             drop_rate: 0.0,
             retry_after_secs: 1,
             retry_after_http_date: false,
+            refuse: None,
         }
     }
 }
@@ -68,6 +80,12 @@ impl Faults {
         if let Some(rate) = &self.rate {
             check_status(rate.status)?;
             check_probability("rate.probability", rate.probability)?;
+        }
+        if let Some(refuse) = &self.refuse {
+            check_status(refuse.status)?;
+            if refuse.contains.is_empty() {
+                return Err("refuse.contains must not be empty".to_owned());
+            }
         }
         check_probability("drop_rate", self.drop_rate)
     }
@@ -87,6 +105,12 @@ impl Faults {
             rate.probability = clamp_probability(rate.probability);
         }
         self.drop_rate = clamp_probability(self.drop_rate);
+        if let Some(refuse) = &mut self.refuse
+            && check_status(refuse.status).is_err()
+        {
+            refuse.status = 403;
+        }
+        self.refuse = self.refuse.filter(|r| !r.contains.is_empty());
         self
     }
 }
@@ -164,6 +188,16 @@ impl FaultState {
             && c.rate.is_none_or(|r| r.probability <= 0.0)
             && self.drop_left == 0
             && c.drop_rate <= 0.0
+            && c.refuse.is_none()
+    }
+
+    /// The status a request with this body is refused with, if any.
+    pub fn refusal(&self, body: &[u8]) -> Option<u16> {
+        let refuse = self.config.refuse.as_ref()?;
+        let needle = refuse.contains.as_bytes();
+        body.windows(needle.len())
+            .any(|w| w == needle)
+            .then_some(refuse.status)
     }
 
     /// Draws the fate of one request, consuming counted faults.

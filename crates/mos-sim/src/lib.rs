@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use faults::{Faults, RateFault};
+pub use faults::{Faults, RateFault, RefuseFault};
 pub use server::MosSim;
 pub use store::SimLink;
 

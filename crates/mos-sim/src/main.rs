@@ -123,6 +123,7 @@ impl Args {
             drop_rate: self.drop_rate,
             retry_after_secs: self.retry_after,
             retry_after_http_date: false,
+            refuse: None,
         };
         faults.validate()?;
         Ok(SimConfig {

@@ -104,6 +104,10 @@ async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Res
             return answer_message(&shared, StatusCode::BAD_REQUEST, &text);
         }
     };
+    if let Some(code) = shared.refusal(&body) {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+        return answer_message(&shared, status, "Request blocked by the firewall");
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {

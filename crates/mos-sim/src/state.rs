@@ -123,6 +123,14 @@ impl Shared {
         Some(decision)
     }
 
+    /// The content-dependent refusal of this body, if one is set.
+    pub fn refusal(&self, body: &[u8]) -> Option<u16> {
+        if !self.faults_active.load(Ordering::Acquire) {
+            return None;
+        }
+        self.fault_state().refusal(body)
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         let mut state = self.fault_state();
         *state = FaultState::new(faults);
