@@ -242,7 +242,7 @@ def code_defaults() -> dict[str, str]:
               re.finditer(r'pub const (DEFAULT_[A-Z_]+): &str\s*=\s*"((?:[^"\\]|\\.)*)";', text)}
     # Plain numbers: `const DEFAULT_X: u16 = 16;`
     consts.update({m.group(1): m.group(2) for m in
-                   re.finditer(r'const (DEFAULT_[A-Z_]+): u\d+\s*=\s*(\d+);', text)})
+                   re.finditer(r'const (DEFAULT_[A-Z_]+): u(?:\d+|size)\s*=\s*(\d+);', text)})
     # Numbers that must be at least 1: `const DEFAULT_X: NonZeroU16 = NonZeroU16::new(256).unwrap();`
     consts.update({m.group(1): m.group(2) for m in
                    re.finditer(r'const (DEFAULT_[A-Z_]+): NonZero\w+\s*=\s*NonZero\w+::new\((\d+)\)', text)})

@@ -160,7 +160,7 @@ const DEFAULT_DELIVERY_LIMIT: NonZeroU32 = NonZeroU32::new(20).unwrap();
 const DEFAULT_CONCURRENCY: NonZeroUsize = NonZeroUsize::new(128).unwrap();
 const DEFAULT_CIRCUIT_FAILURE_THRESHOLD: NonZeroU32 = NonZeroU32::new(20).unwrap();
 const DEFAULT_MAX_HAND_BACKS: NonZeroU32 = NonZeroU32::new(10).unwrap();
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 65536;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_ANONYMOUS_ID_POINTERS: &str = "/anonymousIdentifier,/anonymousId,/anonymous_id,/data/anonymousIdentifier,/data/anonymousId,/data/anonymous_id,/context/anonymousId";
