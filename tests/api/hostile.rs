@@ -48,6 +48,7 @@ async fn one_refused_identifier_does_not_stop_the_other_visitors() {
     // The refused one first, so that on a paused worker nobody behind it goes.
     app.publish_pair("user.logged_in", "<script>alert(1)</script>", "u-waf")
         .await;
+    let started = Instant::now();
     app.publish_pairs("user.logged_in", "waf-other", 200).await;
     wait_for(
         "the 200 other visitors to be linked",
@@ -55,6 +56,10 @@ async fn one_refused_identifier_does_not_stop_the_other_visitors() {
         || async { app.sim.stats().links == 200 },
     )
     .await;
+    eprintln!(
+        "200 other visitors linked {:.2} s after publishing began, one refused 403",
+        started.elapsed().as_secs_f64()
+    );
     app.wait_settled(201).await;
     assert_eq!(app.outcome("dead_lettered"), 1);
     let stats = app.sim.stats();
@@ -299,4 +304,89 @@ async fn big_bodies_do_not_bloat_the_worker() {
     );
     assert_eq!(sim.stats().requests, 0, "no call for an unparsed body");
     private.delete(&connection).await.unwrap();
+}
+
+/// A hand-back costs no retry step, so it has a bound of its own: a message
+/// that has been handed back `LINKER_MAX_HAND_BACKS` times is dead-lettered
+/// the next time, and cannot hold its queue however often the circuit opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_handed_back_too_often_is_dead_lettered() {
+    let refusing = mos_sim::SimConfig {
+        secret_key: "another-key".into(),
+        ..mos_sim::SimConfig::default()
+    };
+    let app = TestApp::spawn_with(refusing, &[("LINKER_MAX_HAND_BACKS", "2")]).await;
+    let body = serde_json::json!({"anonymousId": "a-held", "userId": "u-held"}).to_string();
+    // As the worker's own hand-back would have left it: through the default
+    // exchange (the producers' exchange would have the header stripped).
+    let properties = forged(&[
+        (headers::HAND_BACKS, headers::int(2)),
+        (headers::ORIGINAL_EXCHANGE, text(app.exchange())),
+        (headers::ORIGINAL_ROUTING_KEY, text("user.logged_in")),
+    ]);
+    app.publisher
+        .publish("", &app.topology.queue, body.as_bytes(), properties)
+        .await
+        .unwrap();
+    wait_for("the dead letter", Duration::from_secs(15), || async {
+        app.depth(&app.topology.dead_letter).await == 1
+    })
+    .await;
+    assert_eq!(app.worker.circuit_open(), 1, "the key is refused for all");
+    let dead = app.take_dead_letters().await;
+    assert_eq!(reason(&dead[0]).as_deref(), Some("hand_backs_exhausted"));
+    let error = header(&dead[0], headers::ERROR).unwrap_or_default();
+    assert!(error.contains("handed back 2 times"), "{error}");
+    app.finish().await;
+}
+
+/// The same with a content-dependent 5xx and a circuit that trips on it: the
+/// probe proves the endpoint (not the pair), so the circuit closes again, the
+/// other visitors are linked, and the bad message ends in the dead-letter
+/// queue (its ladder or its hand-backs used up), never holding the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_dependent_5xx_does_not_stop_the_other_visitors() {
+    let faults = Faults {
+        refuse: Some(RefuseFault {
+            contains: "poison-visitor".into(),
+            status: 503,
+        }),
+        ..Faults::default()
+    };
+    let app = TestApp::spawn_with(
+        faulty(faults),
+        &[
+            ("LINKER_CIRCUIT_FAILURE_THRESHOLD", "3"),
+            ("LINKER_IMMEDIATE_RETRIES", "3"),
+        ],
+    )
+    .await;
+    app.publish_pair("user.logged_in", "poison-visitor", "u-poison")
+        .await;
+    // Its first delivery alone trips the circuit (4 failed calls, threshold 3).
+    app.wait_circuit_open(Duration::from_secs(10)).await;
+    let started = Instant::now();
+    app.publish_pairs("user.logged_in", "poison-other", 200).await;
+    wait_for(
+        "the 200 other visitors to be linked",
+        Duration::from_secs(30),
+        || async { app.sim.stats().links == 200 },
+    )
+    .await;
+    eprintln!(
+        "200 other visitors linked {:.2} s after publishing began, one answered 503 every time",
+        started.elapsed().as_secs_f64()
+    );
+    wait_for("the poison message's dead letter", Duration::from_secs(30), || async {
+        app.depth(&app.topology.dead_letter).await == 1
+    })
+    .await;
+    let dead = app.take_dead_letters().await;
+    let why = reason(&dead[0]).unwrap_or_default();
+    assert!(
+        why == "retries_exhausted" || why == "hand_backs_exhausted",
+        "{why}"
+    );
+    eprintln!("the poison message was dead-lettered {why}");
+    app.finish().await;
 }

@@ -44,7 +44,11 @@ async fn hostile(State(state): State<Arc<Hostile>>, headers: HeaderMap, body: By
         StatusCode::UNPROCESSABLE_ENTITY
     } else if anonymous.contains("flaky") && state.flaky.fetch_add(1, Ordering::SeqCst) < 2 {
         StatusCode::SERVICE_UNAVAILABLE
-    } else if anonymous.contains("refuse") && state.refused.fetch_add(1, Ordering::SeqCst) < 2 {
+    } else if (anonymous.contains("refuse") || anonymous.is_empty())
+        && state.refused.fetch_add(1, Ordering::SeqCst) < 2
+    {
+        // The key refused for a while, for every request: the pair's call and
+        // the request without identifiers that confirms the refusal.
         StatusCode::UNAUTHORIZED
     } else {
         return (

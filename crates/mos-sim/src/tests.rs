@@ -343,6 +343,41 @@ async fn faults_apply_before_auth() {
     );
 }
 
+/// A firewall-like refusal of one identifier: after the key, on the body;
+/// a request without it (or without identifiers) is answered as usual.
+#[tokio::test]
+async fn refuse_answers_requests_whose_body_contains_the_text() {
+    let sim = start_then_set_faults(Faults {
+        refuse: Some(crate::RefuseFault {
+            contains: "<script".into(),
+            status: 403,
+        }),
+        ..Faults::default()
+    })
+    .await;
+    let http = client();
+    let (status, _) = link(&http, &sim, "<script>x</script>", "u").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+    assert_eq!(post_raw(&http, &sim, "{}").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status_with_key(&http, &sim, "wrong").await,
+        StatusCode::UNAUTHORIZED,
+        "the key is checked first"
+    );
+    assert!(
+        Faults {
+            refuse: Some(crate::RefuseFault {
+                contains: String::new(),
+                status: 403
+            }),
+            ..Faults::default()
+        }
+        .validate()
+        .is_err()
+    );
+}
+
 #[tokio::test]
 async fn retry_after_as_http_date_and_rate_fault() {
     let sim = start_then_set_faults(Faults {
