@@ -366,7 +366,8 @@ async fn a_content_dependent_5xx_does_not_stop_the_other_visitors() {
     // Its first delivery alone trips the circuit (4 failed calls, threshold 3).
     app.wait_circuit_open(Duration::from_secs(10)).await;
     let started = Instant::now();
-    app.publish_pairs("user.logged_in", "poison-other", 200).await;
+    app.publish_pairs("user.logged_in", "poison-other", 200)
+        .await;
     wait_for(
         "the 200 other visitors to be linked",
         Duration::from_secs(30),
@@ -377,9 +378,11 @@ async fn a_content_dependent_5xx_does_not_stop_the_other_visitors() {
         "200 other visitors linked {:.2} s after publishing began, one answered 503 every time",
         started.elapsed().as_secs_f64()
     );
-    wait_for("the poison message's dead letter", Duration::from_secs(30), || async {
-        app.depth(&app.topology.dead_letter).await == 1
-    })
+    wait_for(
+        "the poison message's dead letter",
+        Duration::from_secs(30),
+        || async { app.depth(&app.topology.dead_letter).await == 1 },
+    )
     .await;
     let dead = app.take_dead_letters().await;
     let why = reason(&dead[0]).unwrap_or_default();
