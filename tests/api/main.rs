@@ -5,6 +5,7 @@
 mod circuit;
 mod dlq_replay;
 mod helpers;
+mod log_pipe;
 mod metrics;
 mod outcomes;
 mod process;
