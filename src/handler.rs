@@ -5,7 +5,7 @@
 
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{EventConfig, RetryConfig};
 use crate::domain::{
@@ -13,7 +13,12 @@ use crate::domain::{
     Rejection, RetryLadder, SkipReason, parse_event, partition_of,
 };
 use crate::link::{Circuit, Linker, policy};
-use crate::ops::telemetry::ident;
+use crate::ops::telemetry::{RateLimit, ident, untrusted, untrusted_opt};
+
+/// At most one blocklist warning per this long: a producer that sends a
+/// placeholder on every event must not turn each one into a log line (the
+/// skipped counter still counts every one).
+const BLOCKED_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the handler needs to know about one delivery.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +49,7 @@ pub struct Handler {
     max_hand_backs: u32,
     linker: Arc<Linker>,
     circuit: Arc<Circuit>,
+    blocked_warning: RateLimit,
 }
 
 /// A parsed delivery: decided already, or a pair still to link.
@@ -90,6 +96,7 @@ impl Handler {
             max_hand_backs: retry.max_hand_backs.get(),
             linker,
             circuit,
+            blocked_warning: RateLimit::new(BLOCKED_WARNING_INTERVAL),
         }
     }
 
@@ -129,11 +136,15 @@ impl Handler {
         );
         let next = match result {
             Err(Rejection::Skip(reason)) => {
-                if reason == SkipReason::BlockedIdentifier {
+                if reason == SkipReason::BlockedIdentifier
+                    && let Some(suppressed) = self.blocked_warning.allow()
+                {
                     tracing::warn!(
-                        event_id = event_id.as_deref(),
-                        event_type = message.event_type,
-                        "skipped an event whose identifier is on the blocklist; the producer sends a placeholder as an identifier"
+                        event_id = untrusted_opt(event_id.as_deref()),
+                        event_type = %untrusted(message.event_type),
+                        suppressed,
+                        "skipped an event whose identifier is on the blocklist; the producer sends a placeholder as an identifier \
+                         (one such line per 10 s at most; `suppressed`: those not logged since the last)"
                     );
                 }
                 Next::Decided(Outcome::Skipped(reason))
@@ -201,7 +212,7 @@ impl Handler {
         }
         let request_id = event_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         tracing::debug!(
-            event_id = %request_id,
+            event_id = %untrusted(&request_id),
             anonymous = %ident(event.anonymous.as_str()),
             user = %ident(event.user.as_str()),
             "linking"

@@ -94,7 +94,7 @@ pub async fn run(users: usize) -> ExitCode {
 
 async fn demo(users: usize) -> Result<(), String> {
     // Quiet by default: the table below is the demo's output. RUST_LOG=info shows the worker's logs.
-    crate::ops::telemetry::init_with_default(
+    let _logs = crate::ops::telemetry::init_with_default(
         crate::config::LogFormat::Text,
         crate::config::IdentifierLogging::Hashed,
         "error,lapin=off",

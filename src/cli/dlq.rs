@@ -6,6 +6,7 @@ use crate::broker::connection::connect;
 use crate::broker::dlq;
 use crate::broker::topology::Topology;
 use crate::config::ToolConfig;
+use crate::ops::telemetry::escaped;
 
 async fn with_connection<F, Fut>(config: &ToolConfig, work: F) -> ExitCode
 where
@@ -40,7 +41,8 @@ pub async fn stats(config: &ToolConfig) -> ExitCode {
             stats.queue, stats.messages
         );
         for (reason, count) in &stats.by_reason {
-            println!("  {reason:<26} {count}");
+            // Reasons come from message headers: escaped, one line each.
+            println!("  {:<26} {count}", escaped(reason).to_string());
         }
         if stats.scanned < stats.messages as usize {
             println!(
@@ -88,7 +90,7 @@ pub async fn replay(config: &ToolConfig, limit: usize, reason: Option<String>) -
             println!("  refused: {refused}");
         }
         for failure in &report.failed {
-            println!("  not replayed: {failure}");
+            println!("  not replayed: {}", escaped(failure));
         }
         if report.failed.is_empty() && report.refused.is_empty() {
             Ok(())

@@ -104,7 +104,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         },
         Command::Dlq { command } => match ToolConfig::from_env() {
             Ok(config) => {
-                telemetry::init(config.ops.log_format, config.ops.log_identifiers);
+                let _logs = telemetry::init(config.ops.log_format, config.ops.log_identifiers);
                 match command {
                     DlqCommand::Stats => dlq::stats(&config).await,
                     DlqCommand::List { limit } => dlq::list(&config, limit).await,
@@ -135,7 +135,8 @@ async fn run() -> ExitCode {
         Ok(config) => config,
         Err(error) => return config_error(&error),
     };
-    telemetry::init(config.ops.log_format, config.ops.log_identifiers);
+    // Kept to the end of `run`: its drop is the final, bounded flush of the logs.
+    let _logs = telemetry::init(config.ops.log_format, config.ops.log_identifiers);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error @ StartError::Bind { .. }) => {

@@ -11,6 +11,7 @@ use crate::domain::DeadLetterReason;
 use crate::link::{LinkClient, LinkedCache};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
+use crate::ops::telemetry::LogCapture;
 
 const KEY: &str = "handler-test-key";
 
@@ -182,4 +183,38 @@ async fn a_refused_key_hands_back_and_opens_the_circuit() {
         Outcome::HandBack { .. }
     ));
     assert_eq!(f.sim.stats().requests, before);
+}
+
+#[tokio::test]
+async fn a_flood_of_blocklisted_events_logs_one_escaped_warning() {
+    let f = fixture(Faults::default()).await;
+    let logs = LogCapture::default();
+    let body = pair("undefined", "u-1");
+    tracing::subscriber::with_default(logs.subscriber(tracing::Level::WARN), || {
+        for _ in 0..50 {
+            let prepared = f.handler.prepare(Inbound {
+                body: &body,
+                event_type: "user.logged_in\r\nforged",
+                message_id: Some("m-1\n2030-01-01T00:00:00Z  WARN forged line"),
+                attempts: 0,
+            });
+            assert!(matches!(
+                prepared.next,
+                Next::Decided(Outcome::Skipped(SkipReason::BlockedIdentifier))
+            ));
+        }
+    });
+    let text = logs.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one warning for 50 events: {text}");
+    assert!(lines[0].contains("blocklist"), "{text}");
+    assert!(
+        lines[0].contains(r"event_id=m-1\n2030-01-01T00:00:00Z  WARN forged line"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains(r"event_type=user.logged_in\r\nforged"),
+        "{text}"
+    );
+    assert!(lines[0].contains("suppressed=0"), "{text}");
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics (docs/interface.md, "Metrics"). Label values come from small fixed
 //! sets only; the hot path uses pre-resolved handles, not label lookups.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::telemetry;
 use crate::domain::{DeadLetterReason, OutcomeLabel, SkipReason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +67,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub broker_connected: Gauge,
     pub circuit_open: Gauge,
+    /// Mirrors [`telemetry::dropped_lines`] at each scrape.
+    log_lines_dropped: Counter,
 }
 
 /// A counter family by reason, every reason exported from the start (at 0),
@@ -193,6 +197,12 @@ impl Metrics {
             "1 while the circuit is open (key refused or target down)",
             circuit_open.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "identity_linker_log_lines_dropped",
+            "Log lines dropped because the log output did not keep up (a stalled reader)",
+            log_lines_dropped.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "identity_linker_build_info",
@@ -225,6 +235,7 @@ impl Metrics {
             in_flight,
             broker_connected,
             circuit_open,
+            log_lines_dropped,
         }
     }
 
@@ -334,6 +345,11 @@ impl Metrics {
 
     /// Prometheus text exposition (OpenMetrics flavour).
     pub fn encode(&self) -> String {
+        // The writer counts its drops itself; `fetch_max` keeps the counter
+        // monotonic however many scrapes run at once.
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(telemetry::dropped_lines(), Ordering::Relaxed);
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -365,6 +381,7 @@ mod tests {
             "identity_linker_broker_connected",
             "identity_linker_circuit_open",
             "identity_linker_build_info",
+            "identity_linker_log_lines_dropped_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

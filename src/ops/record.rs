@@ -4,6 +4,7 @@
 use std::time::{Instant, SystemTime};
 
 use super::metrics::Metrics;
+use super::telemetry::{untrusted, untrusted_opt};
 use crate::domain::Outcome;
 
 /// What is known about a message once it is settled.
@@ -29,7 +30,12 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
         match outcome {
             Outcome::Route { partition } => {
                 metrics.routed.inc();
-                tracing::trace!(event_id, event_type, partition, "routed");
+                tracing::trace!(
+                    event_id = untrusted_opt(event_id),
+                    event_type = %untrusted(event_type),
+                    partition,
+                    "routed"
+                );
             }
             _ => {
                 metrics.handed_back.inc();
@@ -46,7 +52,9 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
     {
         metrics.event_age.observe(age.as_secs_f64());
     }
+    // From here on the event type is its metric label: a configured routing key or `other`.
     let event_type = metrics.event_type_label(event_type);
+    let event_id = untrusted_opt(event_id);
     match outcome {
         Outcome::Skipped(reason) => {
             metrics.count_skip(*reason);
@@ -54,7 +62,13 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
         }
         Outcome::DeadLetter { reason, error } => {
             metrics.count_dead_letter(*reason);
-            tracing::warn!(event_id, event_type, reason = reason.as_str(), %error, "dead-lettered");
+            tracing::warn!(
+                event_id,
+                event_type,
+                reason = reason.as_str(),
+                error = %untrusted(error),
+                "dead-lettered"
+            );
         }
         Outcome::Retry { error, step } => {
             metrics.retries_delayed.inc();
@@ -63,7 +77,7 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
                 event_type,
                 attempt = step.attempt,
                 delay = ?step.delay,
-                %error,
+                error = %untrusted(error),
                 "link failed; retrying later"
             );
         }
@@ -115,5 +129,33 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"identity_linker_dead_lettered_total{reason="malformed"} 1"#));
         assert!(text.contains(r#"event_type="other",outcome="dead_lettered"} 1"#));
+    }
+
+    #[test]
+    fn producer_strings_cannot_forge_a_log_line() {
+        let metrics = Metrics::new(&["user.logged_in".into()]);
+        let logs = crate::ops::telemetry::LogCapture::default();
+        tracing::subscriber::with_default(logs.subscriber(tracing::Level::TRACE), || {
+            record(
+                &metrics,
+                &Settled {
+                    outcome: &Outcome::DeadLetter {
+                        reason: DeadLetterReason::Rejected,
+                        error: "HTTP 400: bad\n2030-01-01T00:00:00Z  INFO linked".into(),
+                    },
+                    event_type: "user.logged_in",
+                    event_id: Some("e-1\r\n\u{1b}[2Jforged"),
+                    occurred_at: None,
+                    received: Instant::now(),
+                },
+            );
+        });
+        let text = logs.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r"event_id=e-1\r\n\u{1b}[2Jforged"), "{text}");
+        assert!(
+            text.contains(r"error=HTTP 400: bad\n2030-01-01T00:00:00Z  INFO linked"),
+            "{text}"
+        );
     }
 }

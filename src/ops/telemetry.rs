@@ -1,33 +1,129 @@
-//! Logging setup, and how identifiers appear in logs.
+//! Logging setup, and how identifiers and other producer-supplied strings
+//! appear in logs.
+//!
+//! Log lines never block the pipeline: they go through a bounded in-memory
+//! queue to a writer thread, and when that queue is full (a log reader that
+//! stopped reading) lines are dropped and counted
+//! (`identity_linker_log_lines_dropped_total`) instead of stalling the
+//! runtime's threads on `write(2)`.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tracing::field::DisplayValue;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{IdentifierLogging, LogFormat};
 
 static IDENTIFIER_LOGGING: OnceLock<IdentifierLogging> = OnceLock::new();
+/// The format of the installed subscriber, so [`untrusted`] escapes only
+/// where the formatter does not (text).
+static LOG_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+/// Lines the non-blocking writer dropped (set by the `init` that installs it).
+static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Lines held in memory while the output is slower than the logging; past
+/// this, lines are dropped. A few MiB even at trace level.
+pub const BUFFERED_LINES: usize = 8 * 1024;
+
+/// How long the final flush may take at exit. The writer thread may be stuck
+/// in `write(2)` on a pipe nobody reads: the process exits anyway.
+pub const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Installs the global subscriber. `RUST_LOG` sets the level (default `info`).
-pub fn init(format: LogFormat, identifiers: IdentifierLogging) {
-    init_with_default(format, identifiers, "info");
+/// Keep the guard for as long as the process logs: dropping it flushes
+/// what is queued (within [`FINAL_FLUSH_LIMIT`]) and stops the writer.
+pub fn init(format: LogFormat, identifiers: IdentifierLogging) -> LogGuard {
+    init_with_default(format, identifiers, "info")
 }
 
 /// Like [`init`], with another level when `RUST_LOG` is unset (the demo is quiet).
-pub fn init_with_default(format: LogFormat, identifiers: IdentifierLogging, default_filter: &str) {
+pub fn init_with_default(
+    format: LogFormat,
+    identifiers: IdentifierLogging,
+    default_filter: &str,
+) -> LogGuard {
     let _ = IDENTIFIER_LOGGING.set(identifiers);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Lossy: a full queue drops the line, it never blocks the caller. The
+    // BufWriter saves a syscall per line; the writer thread flushes it after
+    // every batch it takes from the queue.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests, demo) keeps the first subscriber.
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    // A second init (tests, demo) keeps the first subscriber; its writer
+    // and guard are not used.
+    if installed.is_err() {
+        return LogGuard::inert(guard);
+    }
+    let _ = LOG_FORMAT.set(format);
+    let _ = DROPPED_LINES.set(dropped);
+    LogGuard { guard: Some(guard) }
+}
+
+/// Log lines dropped so far because the output did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Keeps the log writer thread alive; see [`init`].
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    guard: Option<WorkerGuard>,
+}
+
+impl LogGuard {
+    fn inert(unused: WorkerGuard) -> Self {
+        // Never installed, so nothing was queued: its drop returns at once.
+        drop(unused);
+        Self { guard: None }
+    }
+
+    /// Keeps the writer for the rest of the process without a final flush
+    /// (test harnesses that start many workers in one process).
+    pub fn keep_for_process(mut self) {
+        if let Some(guard) = self.guard.take() {
+            std::mem::forget(guard);
+        }
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        // `WorkerGuard::drop` waits up to 1.1 s for the writer, and when the
+        // queue is full it prints a notice to stdout, which blocks if stdout
+        // is the same stalled pipe. So it runs on a thread of its own and is
+        // waited for only so long; a thread still stuck is ended by the exit.
+        let (done, finished) = mpsc::channel();
+        let flush = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = done.send(());
+            });
+        if flush.is_ok() {
+            let _ = finished.recv_timeout(FINAL_FLUSH_LIMIT);
+        }
+    }
 }
 
 /// Sets how identifiers are shown without installing a subscriber (tests).
@@ -50,7 +146,7 @@ impl fmt::Display for Ident<'_> {
             .copied()
             .unwrap_or(IdentifierLogging::Hashed)
         {
-            IdentifierLogging::Plain => f.write_str(self.0),
+            IdentifierLogging::Plain => Untrusted(self.0).fmt(f),
             IdentifierLogging::Hashed => {
                 let digest = Sha256::digest(self.0.as_bytes());
                 f.write_str("h:")?;
@@ -60,5 +156,211 @@ impl fmt::Display for Ident<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// A string a producer (or the endpoint) chose: an event id, a message_id,
+/// a routing key, an error text quoting them. See [`untrusted`].
+pub struct Untrusted<'a>(&'a str);
+
+/// Shows `value` in a text log [`escaped`], so it cannot start a forged log
+/// line or rewrite the terminal. JSON logs show it as it is (serde escapes
+/// it there).
+pub fn untrusted(value: &str) -> Untrusted<'_> {
+    Untrusted(value)
+}
+
+/// [`untrusted`] for an optional field (`event_id = untrusted_opt(id)`).
+pub fn untrusted_opt(value: Option<&str>) -> Option<DisplayValue<Untrusted<'_>>> {
+    value.map(|v| tracing::field::display(Untrusted(v)))
+}
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+            return f.write_str(self.0);
+        }
+        write_escaped(f, self.0)
+    }
+}
+
+impl fmt::Debug for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `value` with its control characters escaped (`\n`, `\r`, `\t`,
+/// `\u{1b}`, ...), and line or paragraph separators and bidi overrides as
+/// `\u{..}`; a backslash is doubled, so an escape cannot be forged either.
+/// Whatever the log format (for plain text output: the CLI).
+pub struct Escaped<'a>(&'a str);
+
+pub fn escaped(value: &str) -> Escaped<'_> {
+    Escaped(value)
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\\' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn write_escaped(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    let mut rest = value;
+    while let Some(at) = rest.find(needs_escape) {
+        out.write_str(&rest[..at])?;
+        let mut chars = rest[at..].chars();
+        let Some(c) = chars.next() else { break };
+        match c {
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c => write!(out, "\\u{{{:x}}}", u32::from(c))?,
+        }
+        rest = chars.as_str();
+    }
+    out.write_str(rest)
+}
+
+/// At most one log line per `interval` for something that can happen on
+/// every message (a flood of blocklisted events): [`RateLimit::allow`]
+/// says whether to write the line now and how many were held back since
+/// the last one.
+pub struct RateLimit {
+    interval: Duration,
+    state: Mutex<RateState>,
+}
+
+struct RateState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new(RateState {
+                last: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(suppressed since the last line)` if a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    /// [`RateLimit::allow`] at `now` (tests inject the time).
+    pub fn allow_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let due = state
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if due {
+            state.last = Some(now);
+            Some(std::mem::take(&mut state.suppressed))
+        } else {
+            state.suppressed = state.suppressed.saturating_add(1);
+            None
+        }
+    }
+}
+
+/// Text log lines captured in memory, for tests of what is logged.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogCapture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl LogCapture {
+    /// A text subscriber without colours writing here (for `with_default`).
+    pub(crate) fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(level)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(value: &str) -> String {
+        super::escaped(value).to_string()
+    }
+
+    #[test]
+    fn control_characters_cannot_start_a_line() {
+        assert_eq!(escaped("plain id-1"), "plain id-1");
+        assert_eq!(
+            escaped("id\n2026-01-01T00:00:00Z  INFO forged"),
+            "id\\n2026-01-01T00:00:00Z  INFO forged"
+        );
+        assert_eq!(escaped("a\r\tb"), "a\\r\\tb");
+        assert_eq!(escaped("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(escaped("nul\0"), "nul\\u{0}");
+        assert_eq!(escaped("c1\u{85}"), "c1\\u{85}");
+        assert_eq!(escaped("ls\u{2028}ps\u{2029}"), "ls\\u{2028}ps\\u{2029}");
+        assert_eq!(escaped("bidi\u{202e}x\u{2066}"), "bidi\\u{202e}x\\u{2066}");
+        // A literal backslash-n is not confused with an escaped newline.
+        assert_eq!(escaped("a\\nb"), "a\\\\nb");
+        assert_eq!(escaped("é ü 日本 🙂"), "é ü 日本 🙂");
+        assert_eq!(escaped(""), "");
+    }
+
+    #[test]
+    fn untrusted_escapes_unless_the_logs_are_json() {
+        // No subscriber in unit tests: the safe default, escaped.
+        if LOG_FORMAT.get() != Some(&LogFormat::Json) {
+            assert_eq!(untrusted("a\nb").to_string(), "a\\nb");
+            assert_eq!(format!("{:?}", untrusted("a\nb")), "a\\nb");
+        }
+    }
+
+    #[test]
+    fn one_line_per_interval_counting_what_was_held_back() {
+        let limit = RateLimit::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(limit.allow_at(t0), Some(0), "the first line is written");
+        assert_eq!(limit.allow_at(at(1)), None);
+        assert_eq!(limit.allow_at(at(9)), None);
+        assert_eq!(limit.allow_at(at(10)), Some(2), "two held back");
+        assert_eq!(limit.allow_at(at(15)), None);
+        assert_eq!(limit.allow_at(at(100)), Some(1));
+        assert_eq!(limit.allow_at(at(200)), Some(0));
+        // A clock that seems to go back does not panic or open the gate.
+        assert_eq!(limit.allow_at(t0), None);
     }
 }

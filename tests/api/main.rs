@@ -6,6 +6,7 @@ mod circuit;
 mod dlq_replay;
 mod helpers;
 mod hostile;
+mod log_pipe;
 mod metrics;
 mod outcomes;
 mod process;

@@ -97,11 +97,14 @@ impl InProcess {
     /// readiness). Its logs appear with a failing test's output
     /// (`RUST_LOG=debug` for more).
     pub async fn start(private: &Private) -> Self {
+        // Many workers share the test process's one subscriber: its log
+        // writer lives as long as the process.
         identity_link_worker::ops::telemetry::init_with_default(
             LogFormat::Text,
             IdentifierLogging::Hashed,
             "warn",
-        );
+        )
+        .keep_for_process();
         let app = Application::build(private.config.clone())
             .await
             .expect("worker builds");
