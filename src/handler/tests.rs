@@ -197,6 +197,7 @@ async fn a_flood_of_blocklisted_events_logs_one_escaped_warning() {
                 event_type: "user.logged_in\r\nforged",
                 message_id: Some("m-1\n2030-01-01T00:00:00Z  WARN forged line"),
                 attempts: 0,
+                hand_backs: 0,
             });
             assert!(matches!(
                 prepared.next,
