@@ -17,15 +17,21 @@ fn command(vars: &[(String, String)]) -> Command {
     testkit::process::command(BIN, vars)
 }
 
+/// Overrides of the good variables (an empty value removes one), the
+/// variable the error line names, and a piece of its problem text.
+type Case = (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
 #[test]
 fn each_configuration_error_exits_2_naming_the_variable() {
     let good = [
         ("LINKER_MOS_ENDPOINT_URL", "http://127.0.0.1:9/x"),
         ("LINKER_MOS_SECRET_KEY", "k"),
     ];
-    // (overrides, the variable the line names, a piece of its problem text).
-    // An empty override value removes the variable.
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (
             &[("LINKER_MOS_ENDPOINT_URL", "")],
             "LINKER_MOS_ENDPOINT_URL",
