@@ -1,44 +1,89 @@
 # syntax=docker/dockerfile:1.7
 #
-# identity-link-worker image: the worker and mos-sim (the MonetizationOS endpoint
-# simulator) in one small, non-root, shell-less image.
+# Two images, each small, non-root and shell-less:
+#
+#   worker   (the default: the last stage) identity-link-worker alone, the
+#            production image; built without the `demo` feature, so it carries
+#            no simulator code either.
+#   mos-sim  the MonetizationOS endpoint simulator, for docker-compose.yml and
+#            tests only; never deployed.
 #
 #   docker build -t identity-link-worker .
 #   docker run --rm identity-link-worker identity-link-worker check-config
-#   docker run --rm identity-link-worker mos-sim --addr 0.0.0.0:8080
+#   docker build --target mos-sim -t mos-sim .
+#   docker run --rm -e MOS_SIM_KEY=k -p 127.0.0.1:8080:8080 mos-sim
 
 ARG RUST_VERSION=1
 
-# ---- build ----------------------------------------------------------------------
+# ---- sources ----------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 
-# Strip symbols from the release binaries: a smaller image; a panic still
+# Strip symbols from the release binaries: smaller images; a panic still
 # prints its message and source location.
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
 
 COPY . .
 
-# The registry and target caches survive between builds (BuildKit); the binaries
-# are copied out of the cached target directory.
+# ---- build: the simulator (only for the mos-sim target) ---------------------------
+# BuildKit builds only the stages the requested target needs, so a plain
+# `docker build .` never compiles this one.
+FROM builder AS build-mos-sim
+# The registry and target caches survive between builds (BuildKit); the binary
+# is copied out of the cached target directory.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --no-default-features -p identity-link-worker -p mos-sim \
+    cargo build --release --locked -p mos-sim \
  && mkdir -p /out \
- && cp target/release/identity-link-worker target/release/mos-sim /out/
+ && cp target/release/mos-sim /out/
 
-# ---- runtime --------------------------------------------------------------------
+# ---- build: the worker ------------------------------------------------------------
+FROM builder AS build-worker
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --no-default-features -p identity-link-worker \
+ && mkdir -p /out \
+ && cp target/release/identity-link-worker /out/
+
+# ---- runtime: mos-sim -------------------------------------------------------------
+# distroless/cc: glibc, libgcc, CA certificates, tzdata; no shell, no package
+# manager. The :nonroot tag runs as uid/gid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot AS mos-sim
+
+LABEL org.opencontainers.image.title="mos-sim" \
+      org.opencontainers.image.description="Simulator of the MonetizationOS Link Identities endpoint, for local stacks and tests" \
+      org.opencontainers.image.licenses="UNLICENSED"
+
+COPY --from=build-mos-sim /out/mos-sim /usr/local/bin/
+
+USER 65532:65532
+
+# The link route and /healthz; the /_sim/* control routes only with
+# MOS_SIM_CONTROL=1 (they have no auth).
+ENV MOS_SIM_ADDR=0.0.0.0:8080
+EXPOSE 8080
+
+# `mos-sim healthcheck` GETs /healthz on the port of MOS_SIM_ADDR (always
+# served, control routes or not) and exits 0 on 200, else 1.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
+  CMD ["mos-sim", "healthcheck"]
+
+STOPSIGNAL SIGTERM
+CMD ["mos-sim"]
+
+# ---- runtime: worker (the default target) -----------------------------------------
 # distroless/cc: glibc, libgcc, CA certificates (TLS to MonetizationOS and amqps://),
 # tzdata; no shell, no package manager. The :nonroot tag runs as uid/gid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot AS worker
 
 LABEL org.opencontainers.image.title="identity-link-worker" \
       org.opencontainers.image.description="Links anonymous to authenticated identities in MonetizationOS from RabbitMQ auth events" \
       org.opencontainers.image.licenses="UNLICENSED"
 
-COPY --from=builder /out/identity-link-worker /out/mos-sim /usr/local/bin/
+COPY --from=build-worker /out/identity-link-worker /usr/local/bin/
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
@@ -48,7 +93,6 @@ ENV LINKER_HTTP_ADDR=0.0.0.0:9464
 EXPOSE 9464
 
 # `healthcheck` GETs http://127.0.0.1:9464/healthz and exits 0 on 200, else 1.
-# (For mos-sim, docker-compose.yml points it at /_sim/healthz on :8080.)
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
   CMD ["identity-link-worker", "healthcheck"]
 

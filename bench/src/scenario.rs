@@ -311,13 +311,15 @@ async fn start_sim(
         "0ms".to_owned(),
         "--latency".to_owned(),
         format!("{}ms", scenario.latency_ms),
+        // The run reads its counters from /_sim/stats.
+        "--control".to_owned(),
     ];
     let log = bench
         .log_dir
         .join(format!("{}-{run}-mos-sim.log", scenario.name));
     let env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
     let mut sim = Proc::spawn("mos-sim", &bench.sim_bin, &args, &env, log, false)?;
-    let health = format!("http://127.0.0.1:{port}/_sim/healthz");
+    let health = format!("http://127.0.0.1:{port}/healthz");
     if !wait_until(Duration::from_secs(20), || get_ok(&bench.http, &health)).await {
         let exited = sim.exited();
         sim.stop(Duration::from_secs(2)).await;

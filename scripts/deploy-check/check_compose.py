@@ -12,7 +12,11 @@
   `service_healthy` only on services that have one, the worker's LINKER_*
   variables listed in docs/interface.md and pointing at mos-sim, Prometheus scraping
   existing services and ports, RabbitMQ loading the mounted definitions,
-  stop_grace_period longer than LINKER_SHUTDOWN_GRACE.
+  stop_grace_period longer than LINKER_SHUTDOWN_GRACE;
+- the images: the worker builds the Dockerfile's last stage (the production
+  image), mos-sim its `mos-sim` target, under different image names; the
+  binary each built service runs (command and healthcheck) is in the image of
+  its target (the images are distroless and hold one binary each).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import yaml
 
 from common import (
     DEPLOY,
+    DOCKERFILE,
     MOS_SIM_URL,
     REPO,
     CheckFailed,
     defaults,
+    dockerfile_stages,
     documented_variables,
     duration_ms,
     fail_if,
@@ -117,6 +123,58 @@ def check_files(name: str, svc: dict, doc: dict) -> list[str]:
     return p
 
 
+def exec_binary(value) -> str | None:
+    """The program of a command or of a healthcheck test (`CMD` / exec form)."""
+    if isinstance(value, str):
+        return value.split()[0] if value.split() else None
+    if isinstance(value, list) and value:
+        if value[0] == "CMD":
+            return value[1] if len(value) > 1 else None
+        if value[0] == "CMD-SHELL":
+            return "/bin/sh"
+        return value[0]
+    return None
+
+
+def check_images(services: dict[str, dict]) -> list[str]:
+    """Services built from this repository's Dockerfile run what their target holds."""
+    p = []
+    stages = dockerfile_stages()
+    by_name = {s.name: s for s in stages if s.name}
+    production = stages[-1]
+    built: dict[str, object] = {}
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        if (REPO / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve() \
+                != DOCKERFILE.resolve():
+            continue
+        target = build.get("target")
+        stage = production if target is None else by_name.get(target)
+        if stage is None:
+            p.append(f"{name}: build target {target!r} is not a stage of the Dockerfile "
+                     f"({sorted(by_name)})")
+            continue
+        built[name] = stage
+        binaries = stage.binaries()
+        for what, value in (("command", svc.get("command")),
+                            ("healthcheck", (svc.get("healthcheck") or {}).get("test"))):
+            program = exec_binary(value)
+            if program is not None and program not in binaries:
+                p.append(f"{name}: {what} runs {program}, which the image of target "
+                         f"{stage.name or stage.index} does not hold (it holds {sorted(binaries)})")
+    if built.get("worker") is not production:
+        p.append("worker: should build the Dockerfile's last stage (the production image)")
+    if built.get("mos-sim") is None or built["mos-sim"].name != "mos-sim":
+        p.append("mos-sim: should build the Dockerfile's `mos-sim` target")
+    images = [services[n].get("image") for n in built]
+    if len(set(images)) != len(images):
+        p.append(f"each service built from the Dockerfile needs an image name of its own: {images}")
+    return p
+
+
 def main() -> None:
     with open(COMPOSE, encoding="utf-8") as f:
         doc = yaml.safe_load(f)
@@ -169,13 +227,13 @@ def main() -> None:
     if sim.get("command") not in (["mos-sim"], "mos-sim") and \
             not str(sim.get("command", "")).startswith("mos-sim"):
         problems.append("mos-sim: command should run the mos-sim binary")
-    if sim.get("image") != worker.get("image"):
-        problems.append("mos-sim: should use the worker's image")
     if senv.get("MOS_SIM_ADDR", "127.0.0.1:8080") != f"0.0.0.0:{sim_url.port}":
         problems.append(f"mos-sim: MOS_SIM_ADDR should listen on 0.0.0.0:{sim_url.port}")
     key_files = {senv.get("MOS_SIM_KEY_FILE"), wenv.get("LINKER_MOS_SECRET_KEY_FILE")}
     if len(key_files) != 1 or None in key_files:
         problems.append("worker and mos-sim should read the same key file")
+
+    problems += check_images(services)
 
     # Prometheus scrapes services that exist, on their ports
     prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -215,7 +273,9 @@ def main() -> None:
     fail_if(problems, "docker-compose.yml")
     print(f"valid against the Compose Specification schema "
           f"(vendored by {schema_source}, sha256 verified); {len(services)} services, "
-          f"all referenced files exist, healthchecks and dependencies consistent")
+          f"all referenced files exist, healthchecks and dependencies consistent; "
+          f"worker built from the Dockerfile's last stage, mos-sim from its target, "
+          f"each running only the binary its image holds")
 
 
 if __name__ == "__main__":

@@ -303,6 +303,88 @@ def code_reasons() -> set[str]:
     """Dead-letter and skip reasons of src/domain/outcome.rs."""
     return set(re.findall(r'(?:SkipReason|DeadLetterReason)::\w+ => "([a-z_]+)"', _read(OUTCOME_RS)))
 
+# ---- Dockerfile ---------------------------------------------------------------------
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+class Stage:
+    """One `FROM ... [AS name]` stage of a Dockerfile and its instructions."""
+
+    def __init__(self, index: int, base: str, name: str | None):
+        self.index, self.base, self.name = index, base, name
+        self.instructions: list[tuple[str, str]] = []
+
+    def all(self, keyword: str) -> list[str]:
+        """The arguments of every `keyword` instruction, in order."""
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+    def copies_from(self) -> set[str]:
+        """Stages (or images) this stage copies files from (`COPY --from=`)."""
+        return {m.group(1) for args in self.all("COPY")
+                for m in [re.search(r"--from=(\S+)", args)] if m}
+
+    def binaries(self) -> set[str]:
+        """Names of the files copied into /usr/local/bin/."""
+        out: set[str] = set()
+        for args in self.all("COPY"):
+            words = [w for w in args.split() if not w.startswith("--")]
+            if len(words) >= 2 and words[-1].rstrip("/") == "/usr/local/bin":
+                out |= {w.rsplit("/", 1)[-1] for w in words[:-1]}
+        return out
+
+    def exec_form(self, keyword: str) -> list[str] | None:
+        """The JSON exec form of the last CMD/ENTRYPOINT/HEALTHCHECK ... CMD."""
+        args = self.last(keyword)
+        if args is None:
+            return None
+        if keyword == "HEALTHCHECK":
+            m = re.search(r"\bCMD\s+(\[.*\])\s*$", args)
+            args = m.group(1) if m else ""
+        try:
+            value = json.loads(args)
+        except ValueError:
+            return None
+        return value if isinstance(value, list) else None
+
+    def label(self) -> str:
+        return f"stage {self.index} ({self.name or self.base})"
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
+    """The stages of a Dockerfile: comments dropped, continuation lines joined."""
+    stages: list[Stage] = []
+    logical, pending = [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending:
+        logical.append(pending)
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            m = re.fullmatch(r"(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
+            if not m:
+                raise CheckFailed(f"{rel(path)}: cannot read FROM {args!r}")
+            stages.append(Stage(len(stages), m.group(1), m.group(2)))
+        elif stages:
+            stages[-1].instructions.append((keyword, " ".join(args.split())))
+    if not stages:
+        raise CheckFailed(f"{rel(path)}: no FROM")
+    return stages
+
+
 def load_json(path: Path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

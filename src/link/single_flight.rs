@@ -244,10 +244,24 @@ fn full_jitter(delay: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    /// Bounds alone pass for a constant (0, or `d`), which would put every
+    /// worker's retries in step; so the spread is checked too. For 1 000
+    /// uniform draws on [0, d], P(none below d/4) = P(none above 3d/4) =
+    /// 0.75^1000 < 1e-124, and Hoeffding bounds P(|mean - d/2| >= 0.15 d) by
+    /// 2 e^-45 < 1e-19: a correct jitter never fails this.
     #[test]
-    fn jitter_stays_within_the_delay() {
-        for _ in 0..1000 {
-            assert!(full_jitter(Duration::from_millis(100)) <= Duration::from_millis(100));
-        }
+    fn jitter_stays_within_the_delay_and_spreads_over_it() {
+        let d = Duration::from_millis(100);
+        let draws: Vec<Duration> = (0..1000).map(|_| full_jitter(d)).collect();
+        assert!(draws.iter().all(|&j| j <= d), "a draw above {d:?}");
+        let (min, max) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+        assert!(*min < d / 4, "smallest of 1000 draws {min:?}");
+        assert!(*max > d * 3 / 4, "largest of 1000 draws {max:?}");
+        let mean = draws.iter().sum::<Duration>() / 1000;
+        assert!(
+            mean > d * 35 / 100 && mean < d * 65 / 100,
+            "mean {mean:?} of 1000 draws, expected about {:?}",
+            d / 2
+        );
     }
 }

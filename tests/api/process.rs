@@ -17,45 +17,82 @@ fn command(vars: &[(String, String)]) -> Command {
     testkit::process::command(BIN, vars)
 }
 
+/// Overrides of the good variables (an empty value removes one), the
+/// variable the error line names, and a piece of its problem text.
+type Case = (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
 #[test]
 fn each_configuration_error_exits_2_naming_the_variable() {
     let good = [
         ("LINKER_MOS_ENDPOINT_URL", "http://127.0.0.1:9/x"),
         ("LINKER_MOS_SECRET_KEY", "k"),
     ];
-    let cases: &[(&[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             &[("LINKER_MOS_ENDPOINT_URL", "")],
             "LINKER_MOS_ENDPOINT_URL",
+            "",
         ),
-        (&[("LINKER_MOS_SECRET_KEY", "")], "LINKER_MOS_SECRET_KEY"),
+        (
+            &[("LINKER_MOS_SECRET_KEY", "")],
+            "LINKER_MOS_SECRET_KEY",
+            "is required",
+        ),
+        // Only the file is set, so it is read: missing, then a directory
+        // (unreadable as a file even by root, unlike a mode-000 file).
+        (
+            &[
+                ("LINKER_MOS_SECRET_KEY", ""),
+                ("LINKER_MOS_SECRET_KEY_FILE", "/nonexistent/key"),
+            ],
+            "LINKER_MOS_SECRET_KEY_FILE",
+            "cannot read /nonexistent/key",
+        ),
+        (
+            &[
+                ("LINKER_MOS_SECRET_KEY", ""),
+                ("LINKER_MOS_SECRET_KEY_FILE", "/"),
+            ],
+            "LINKER_MOS_SECRET_KEY_FILE",
+            "cannot read /",
+        ),
+        // Both set is a rule of its own, checked before any file is read.
         (
             &[("LINKER_MOS_SECRET_KEY_FILE", "/nonexistent/key")],
             "LINKER_MOS_SECRET_KEY",
+            "not both",
         ),
-        (&[("LINKER_PREFETCH", "many")], "LINKER_PREFETCH"),
-        (&[("LINKER_CONCURRENCY", "0")], "LINKER_CONCURRENCY"),
+        (&[("LINKER_PREFETCH", "many")], "LINKER_PREFETCH", ""),
+        (&[("LINKER_CONCURRENCY", "0")], "LINKER_CONCURRENCY", ""),
         (
             &[("LINKER_RETRY_DELAYS", "10s,later")],
             "LINKER_RETRY_DELAYS",
+            "",
         ),
-        (&[("LINKER_HTTP_TIMEOUT", "0s")], "LINKER_HTTP_TIMEOUT"),
-        (&[("LINKER_AMQP_URL", "redis://x")], "LINKER_AMQP_URL"),
-        (&[("LINKER_LOG_FORMAT", "yaml")], "LINKER_LOG_FORMAT"),
+        (&[("LINKER_HTTP_TIMEOUT", "0s")], "LINKER_HTTP_TIMEOUT", ""),
+        (&[("LINKER_AMQP_URL", "redis://x")], "LINKER_AMQP_URL", ""),
+        (&[("LINKER_LOG_FORMAT", "yaml")], "LINKER_LOG_FORMAT", ""),
         (
             &[("LINKER_ANONYMOUS_ID_POINTERS", "anonymousId")],
             "LINKER_ANONYMOUS_ID_POINTERS",
+            "",
         ),
         (
             &[("LINKER_HTTP_ADDR", "not-an-address")],
             "LINKER_HTTP_ADDR",
+            "",
         ),
         (
             &[("LINKER_DECLARE_TOPOLOGY", "perhaps")],
             "LINKER_DECLARE_TOPOLOGY",
+            "",
         ),
     ];
-    for (overrides, variable) in cases {
+    for (overrides, variable, problem) in cases {
         let mut vars: Vec<(String, String)> = good
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
@@ -70,9 +107,19 @@ fn each_configuration_error_exits_2_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{overrides:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        // The variable is the line's subject, not a word somewhere in it
+        // ("not both" mentions both names).
+        let (named, text) = stderr
+            .trim()
+            .strip_prefix("configuration error: ")
+            .and_then(|rest| rest.split_once(": "))
+            .unwrap_or_else(|| {
+                panic!("{overrides:?}: not `configuration error: VAR: ...`: {stderr}")
+            });
+        assert_eq!(named, *variable, "{overrides:?}: {stderr}");
         assert!(
-            stderr.contains(variable),
-            "{overrides:?} should name {variable}: {stderr}"
+            text.contains(problem),
+            "{overrides:?} should say {problem:?}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

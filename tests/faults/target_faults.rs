@@ -30,12 +30,18 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("LINKER_CIRCUIT_FAILURE_THRESHOLD", "20"),
 ];
 
+/// Liveness bounds after the fault ends (runs show 0.1 to 0.8 s for each;
+/// the probe interval is 2 s).
+const READY_AGAIN_WITHIN: Duration = Duration::from_secs(10);
+const DRAINED_WITHIN: Duration = Duration::from_secs(30);
+
 struct Observed {
-    circuit_opened: bool,
+    /// When the sampled `identity_linker_circuit_open` first read 1 after
+    /// the fault began.
+    opened: Instant,
     readiness_reason: String,
     /// Link calls that reached the target while the circuit was open.
     calls_while_open: u64,
-    open_for: Duration,
     dead_during: u32,
 }
 
@@ -47,8 +53,9 @@ async fn run_outage(
     fault: impl Fn(&Scenario),
     heal: impl Fn(&Scenario),
     midway: impl Fn(&Scenario),
-) -> (Observed, Instant, ReadyRecorder, Worker) {
+) -> (Observed, Instant, ReadyRecorder, CircuitRecorder, Worker) {
     let ready = ReadyRecorder::start(scenario.ops);
+    let circuit = CircuitRecorder::start(scenario.ops);
     let worker = scenario.spawn_worker("worker");
     worker.wait_ready(Duration::from_secs(30)).await;
     let mut producer = Producer::new(scenario);
@@ -62,11 +69,14 @@ async fn run_outage(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let began = Instant::now();
     fault(scenario);
+    // Seen by the sampler, which keeps watching until the end.
     wait_for("the circuit to open", Duration::from_secs(20), || async {
-        worker.metrics().await.is_some_and(|m| m.circuit_open == 1)
+        circuit.opened_at_or_after(began).is_some()
     })
     .await;
-    let opened = Instant::now();
+    let opened = circuit
+        .opened_at_or_after(began)
+        .expect("the circuit opened");
     let readiness_reason = match scrape_ready(&worker).await {
         (503, reason) => reason,
         (status, reason) => panic!("readyz answered {status} {reason} with the circuit open"),
@@ -81,11 +91,16 @@ async fn run_outage(
     tokio::time::sleep_until((began + outage()).into()).await;
     let calls_while_open = scenario.sim.stats().requests - calls_at;
     let counted_for = counted_from.elapsed();
-    let still_open = worker.metrics().await.is_some_and(|m| m.circuit_open == 1);
     let connection = broker().await;
     let dead_during = depth(&connection, &scenario.topology.dead_letter).await;
     let _ = connection.close(200, "ok".into()).await;
-    assert!(still_open, "the circuit stayed open through the outage");
+    // Every sample since it opened, not one scrape at the end.
+    assert_eq!(
+        circuit.closed_after(opened),
+        None,
+        "the circuit stayed open through the outage: {}",
+        circuit.timeline(began)
+    );
     note(&format!(
         "{} link calls in the last {} of the outage (probe every {}): probes only",
         calls_while_open,
@@ -103,14 +118,14 @@ async fn run_outage(
     producing.await.unwrap();
     (
         Observed {
-            circuit_opened: true,
+            opened,
             readiness_reason,
             calls_while_open,
-            open_for: healed.duration_since(opened),
             dead_during,
         },
         healed,
         ready,
+        circuit,
         worker,
     )
 }
@@ -126,13 +141,23 @@ async fn scrape_ready(worker: &Worker) -> (u16, String) {
     (status, body["reason"].as_str().unwrap_or("").to_owned())
 }
 
+/// What happened after the fault ended.
+struct Recovery {
+    ready_again: Duration,
+    drained: Duration,
+    /// How long the sampled gauge read 1.
+    open_for: Duration,
+}
+
 async fn finish(
     scenario: &Scenario,
     events: &[Event],
+    observed: &Observed,
     healed: Instant,
     ready: &ReadyRecorder,
+    circuit: &CircuitRecorder,
     mut worker: Worker,
-) -> (End, Duration, Duration, Scrape) {
+) -> (End, Recovery, Scrape) {
     wait_for(
         "readiness after recovery",
         Duration::from_secs(30),
@@ -143,10 +168,48 @@ async fn finish(
         .ready_at_or_after(healed)
         .unwrap()
         .duration_since(healed);
+    // The gauge must come back to 0 too, not only readiness.
+    wait_for(
+        "the circuit gauge to read 0 again",
+        Duration::from_secs(30),
+        || async { circuit.closed_after(observed.opened).is_some() },
+    )
+    .await;
+    let closed = circuit.closed_after(observed.opened).unwrap();
     let mut end = drain_and_tally(scenario, events, &mut worker, Duration::from_secs(120)).await;
     let drained = end.drained.duration_since(healed);
     let metrics = end.metrics.take().expect("metrics");
-    (end, ready_again, drained, metrics)
+    assert!(
+        closed >= healed,
+        "the circuit closed before the fault ended"
+    );
+    assert_eq!(
+        circuit.opens(),
+        1,
+        "the circuit opened once, for the outage: {}",
+        circuit.timeline(observed.opened)
+    );
+    assert_within(
+        "readiness after the fault ended",
+        ready_again,
+        READY_AGAIN_WITHIN,
+    );
+    assert_within(
+        "the circuit closing after the fault ended",
+        closed.duration_since(healed),
+        READY_AGAIN_WITHIN,
+    );
+    assert_within(
+        "draining the backlog after the fault ended",
+        drained,
+        DRAINED_WITHIN,
+    );
+    let recovery = Recovery {
+        ready_again,
+        drained,
+        open_for: closed.duration_since(observed.opened),
+    };
+    (end, recovery, metrics)
 }
 
 /// A scenario with a 10 ms target and the short ladder of [`OVERRIDES`].
@@ -158,7 +221,7 @@ async fn scenario(name: &'static str) -> Scenario {
 async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
     let scenario = scenario("s04-target-outage").await;
     let events = mixed_load(&scenario.tag, TOTAL);
-    let (observed, healed, ready, worker) = run_outage(
+    let (observed, healed, ready, circuit, worker) = run_outage(
         &scenario,
         &events,
         |s| {
@@ -185,8 +248,10 @@ async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
         },
     )
     .await;
-    let (End { tally: t, scan, .. }, ready_again, drained, metrics) =
-        finish(&scenario, &events, healed, &ready, worker).await;
+    let (End { tally: t, scan, .. }, recovery, metrics) = finish(
+        &scenario, &events, &observed, healed, &ready, &circuit, worker,
+    )
+    .await;
     Summary {
         scenario: "4 target outage",
         load: format!(
@@ -201,14 +266,14 @@ async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
         tally: &t,
         recovery: format!(
             "target back to ready {}, backlog drained {}",
-            secs(ready_again),
-            secs(drained)
+            secs(recovery.ready_again),
+            secs(recovery.drained)
         ),
     }
     .print();
     note(&format!(
         "circuit open for {} (readyz {}), {} calls while open, DLQ during outage {}, delayed retries {} (before the circuit opened), immediate+delayed retries spent on the outage {}; {}",
-        secs(observed.open_for),
+        secs(recovery.open_for),
         observed.readiness_reason,
         observed.calls_while_open,
         observed.dead_during,
@@ -221,7 +286,6 @@ async fn s04_target_outage_opens_the_circuit_and_dead_letters_nothing() {
             .join(" "),
         scan.describe()
     ));
-    assert!(observed.circuit_opened);
     assert_eq!(observed.readiness_reason, "circuit_open_target_unavailable");
     assert_eq!(
         observed.dead_during, 0,
@@ -236,7 +300,7 @@ async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
     let scenario = scenario("s05-key-revoked").await;
     let events = mixed_load(&scenario.tag, TOTAL);
     let revoked = format!("revoked-{}", random_hex(8));
-    let (observed, healed, ready, worker) = run_outage(
+    let (observed, healed, ready, circuit, worker) = run_outage(
         &scenario,
         &events,
         |s| s.sim.set_key(&revoked),
@@ -245,8 +309,10 @@ async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
     )
     .await;
     let refused = scenario.sim.stats().status(401);
-    let (End { tally: t, scan, .. }, ready_again, drained, metrics) =
-        finish(&scenario, &events, healed, &ready, worker).await;
+    let (End { tally: t, scan, .. }, recovery, metrics) = finish(
+        &scenario, &events, &observed, healed, &ready, &circuit, worker,
+    )
+    .await;
     Summary {
         scenario: "5 key revoked",
         load: format!(
@@ -257,14 +323,14 @@ async fn s05_key_revoked_pauses_without_dead_lettering_and_resumes() {
         tally: &t,
         recovery: format!(
             "key back to ready {}, backlog drained {}",
-            secs(ready_again),
-            secs(drained)
+            secs(recovery.ready_again),
+            secs(recovery.drained)
         ),
     }
     .print();
     note(&format!(
         "circuit open for {} (readyz {}), {refused} answers 401 in all, {} calls while open, delayed retries {}; {}",
-        secs(observed.open_for),
+        secs(recovery.open_for),
         observed.readiness_reason,
         observed.calls_while_open,
         metrics.outcome("retried"),

@@ -9,7 +9,11 @@
 //!
 //! Faults (latency, status sequences, random failures, dropped connections,
 //! a revoked key) can be set at start and changed at run time, either through
-//! [`MosSim`] in-process or through the `/_sim/*` control routes.
+//! [`MosSim`] in-process or through the `/_sim/*` control routes. Those routes
+//! have no auth (anyone who reaches them can read the links, change the key or
+//! reset the store), so they are served only when [`SimConfig::control_routes`]
+//! asks for them (`mos-sim --control`); otherwise `/_sim/*` is a 404. `GET
+//! /healthz` is always served, for container healthchecks.
 //!
 //! Layout: `faults` (what to inject), `store` (links and counters), `routes`
 //! (the axum router), `server` (accept loop that can drop connections).
@@ -43,8 +47,8 @@ pub const DEFAULT_SECRET_KEY: &str = "sim-secret-key";
 /// Pause between check and create when none is configured.
 pub const DEFAULT_PAUSE: Duration = Duration::from_millis(5);
 
-/// How the simulator starts. Everything but `plain_success` can also be
-/// changed on a running [`MosSim`].
+/// How the simulator starts. Everything but `plain_success` and
+/// `control_routes` can also be changed on a running [`MosSim`].
 #[derive(Clone)]
 pub struct SimConfig {
     /// Accepted value after `Bearer ` in the `X-MOS-Key` header.
@@ -55,6 +59,9 @@ pub struct SimConfig {
     pub plain_success: bool,
     /// Faults active from the first request.
     pub faults: Faults,
+    /// Serve the `/_sim/*` control routes. Off by default: they have no
+    /// auth, so only a sim that someone drives over HTTP should have them.
+    pub control_routes: bool,
 }
 
 impl Default for SimConfig {
@@ -64,6 +71,7 @@ impl Default for SimConfig {
             pause: DEFAULT_PAUSE,
             plain_success: false,
             faults: Faults::default(),
+            control_routes: false,
         }
     }
 }
@@ -76,6 +84,7 @@ impl fmt::Debug for SimConfig {
             .field("pause", &self.pause)
             .field("plain_success", &self.plain_success)
             .field("faults", &self.faults)
+            .field("control_routes", &self.control_routes)
             .finish()
     }
 }

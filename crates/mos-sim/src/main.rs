@@ -1,5 +1,8 @@
 //! mos-sim: runs the MonetizationOS "Link Identities" simulator as a
-//! standalone server (docker-compose, demo, manual tests).
+//! standalone server (docker-compose, the benchmark, manual tests), and
+//! `mos-sim healthcheck` for its container (distroless: no shell, no curl).
+
+mod healthcheck;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -7,17 +10,40 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use clap::builder::BoolishValueParser;
+use clap::{Parser, Subcommand};
 use mos_sim::{Faults, MosSim, RateFault, SimConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Simulated MonetizationOS Link Identities endpoint with fault injection.
 ///
-/// Control routes (no auth): GET /_sim/stats, GET /_sim/links,
-/// GET|PUT|DELETE /_sim/faults, PUT /_sim/key, POST /_sim/reset, GET /_sim/healthz.
+/// GET /healthz is always served. Control routes (no auth), only with
+/// --control: GET /_sim/stats, GET /_sim/links, GET|PUT|DELETE /_sim/faults,
+/// PUT /_sim/key, POST /_sim/reset, GET /_sim/healthz.
 #[derive(Parser)]
 #[command(name = "mos-sim", version)]
+// A subcommand needs no key: `mos-sim healthcheck` runs in the sim's own
+// container, beside whatever MOS_SIM_* the server reads.
+#[command(subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// GET the simulator's /healthz (for container HEALTHCHECKs); exit 0 on 200, else 1.
+    Healthcheck {
+        /// What to GET (http:// only); default: /healthz on the port of --addr / MOS_SIM_ADDR.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "MOS_SIM_ADDR", default_value = "127.0.0.1:8080")]
@@ -77,6 +103,16 @@ struct Args {
     /// Retry-After seconds sent with 429 answers.
     #[arg(long, env = "MOS_SIM_RETRY_AFTER", default_value_t = 1)]
     retry_after: u64,
+
+    /// Serve the /_sim/* control routes (no auth: anyone who reaches the port
+    /// can read the links, change faults and the key, reset). Off: /_sim/* is 404.
+    #[arg(
+        long,
+        env = "MOS_SIM_CONTROL",
+        action = clap::ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    control: bool,
 }
 
 fn parse_fail_rate(s: &str) -> Result<RateFault, String> {
@@ -131,6 +167,7 @@ impl Args {
             pause: self.pause,
             plain_success: self.plain,
             faults,
+            control_routes: self.control,
         })
     }
 }
@@ -147,8 +184,14 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck { url }) = cli.command {
+        let url = url.unwrap_or_else(|| healthcheck::default_url(cli.args.addr));
+        return healthcheck::run(&url).await;
+    }
+    let args = cli.args;
     let addr = args.addr;
+    let control = args.control;
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -167,6 +210,11 @@ async fn main() -> ExitCode {
         }
     };
     println!("mos-sim listening on http://{}", sim.addr());
+    if !control {
+        tracing::info!(
+            "control routes off (/_sim/* answers 404); --control or MOS_SIM_CONTROL=1 serves them"
+        );
+    }
 
     if let Err(e) = shutdown_signal().await {
         tracing::error!(error = %e, "cannot wait for signals, shutting down");
@@ -183,5 +231,42 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::select! {
         result = tokio::signal::ctrl_c() => result,
         _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("mos-sim").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn control_routes_are_off_unless_asked_for() {
+        let config = |args: &[&str]| parse(args).args.into_config().unwrap();
+        assert!(!config(&["--key", "k"]).control_routes);
+        assert!(config(&["--key", "k", "--control"]).control_routes);
+    }
+
+    #[test]
+    fn healthcheck_needs_no_key() {
+        let cli = parse(&["--addr", "0.0.0.0:8081", "healthcheck"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Healthcheck { url: None })
+        ));
+        assert_eq!(
+            healthcheck::default_url(cli.args.addr),
+            "http://127.0.0.1:8081/healthz"
+        );
+        let cli = parse(&["healthcheck", "--url", "http://sim:1/healthz"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Healthcheck { url: Some(u) }) if u == "http://sim:1/healthz"
+        ));
+        // The server itself still needs a key.
+        assert!(Cli::try_parse_from(["mos-sim"]).is_err());
     }
 }

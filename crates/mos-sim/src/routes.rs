@@ -1,5 +1,5 @@
-//! The HTTP surface: the link route (the simulated endpoint) and the
-//! `/_sim/*` control routes (JSON, no auth).
+//! The HTTP surface: the link route (the simulated endpoint), `/healthz`,
+//! and, when asked for, the `/_sim/*` control routes (JSON, no auth).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,12 +32,26 @@ const PLAIN_SUCCESS: &str = r#"{"message":"Success"}"#;
 const REQUIRED: &str = r#"{"message":"'anonymousIdentifier' and 'userIdentifier' are required"}"#;
 const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+/// Without `control_routes` every `/_sim/*` path falls through to axum's
+/// default 404, as any unknown path does.
+pub(crate) fn router(shared: Arc<Shared>, control_routes: bool) -> Router {
+    let endpoint = Router::new()
         .route(
             "/api/v1/envs/{env}/endpoints/link-identities",
             post(link_identities),
         )
+        // Always on: a container healthcheck must not need the control routes.
+        .route("/healthz", get(healthz));
+    let router = if control_routes {
+        endpoint.merge(control())
+    } else {
+        endpoint
+    };
+    router.with_state(shared)
+}
+
+fn control() -> Router<Arc<Shared>> {
+    Router::new()
         .route("/_sim/stats", get(stats))
         .route("/_sim/links", get(links))
         .route(
@@ -47,7 +61,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/key", put(put_key))
         .route("/_sim/reset", post(reset))
         .route("/_sim/healthz", get(healthz))
-        .with_state(shared)
 }
 
 fn json(status: StatusCode, body: impl Into<Body>) -> Response {

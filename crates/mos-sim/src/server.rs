@@ -41,6 +41,7 @@ impl MosSim {
     pub async fn start(addr: SocketAddr, config: SimConfig) -> std::io::Result<MosSim> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let control_routes = config.control_routes;
         let shared = Arc::new(Shared::new(
             config.secret_key,
             config.pause,
@@ -50,7 +51,7 @@ impl MosSim {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
-            router(shared.clone()),
+            router(shared.clone(), control_routes),
             shutdown.clone(),
         ));
         Ok(MosSim {

@@ -29,6 +29,15 @@ async fn start_default() -> MosSim {
     start(keyed_config()).await
 }
 
+/// A default sim that serves the `/_sim/*` control routes.
+async fn start_controlled() -> MosSim {
+    start(SimConfig {
+        control_routes: true,
+        ..keyed_config()
+    })
+    .await
+}
+
 /// A default sim whose faults are then replaced at run time through
 /// [`MosSim::set_faults`] (not through the config).
 async fn start_then_set_faults(faults: Faults) -> MosSim {
@@ -254,7 +263,7 @@ async fn missing_empty_or_non_string_fields_are_400() {
 
 #[tokio::test]
 async fn wrong_missing_and_changed_key_are_401() {
-    let sim = start_default().await;
+    let sim = start_controlled().await;
     let http = client();
     let unauthorized = json!({"message": "Unauthorized"});
 
@@ -479,12 +488,13 @@ async fn zero_pause_works_sequentially() {
 
 #[tokio::test]
 async fn control_routes() {
-    let sim = start_default().await;
+    let sim = start_controlled().await;
     let http = client();
     let url = |path| control_url(&sim, path);
 
-    let resp = send(http.get(url("healthz"))).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    for health in [url("healthz"), format!("{}/healthz", sim.base_url())] {
+        assert_eq!(send(http.get(health)).await.status(), StatusCode::OK);
+    }
 
     // PUT replaces faults; omitted fields take defaults.
     let resp = put_faults(&http, &sim, json!({"statuses": [504], "drop": 0})).await;
@@ -529,6 +539,40 @@ async fn control_routes() {
     let resp = send(http.post(url("reset"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sim.stats(), SimStats::default());
+}
+
+#[tokio::test]
+async fn control_routes_are_404_unless_asked_for() {
+    let sim = start_default().await;
+    let http = client();
+    let url = |path| control_url(&sim, path);
+    sim.set_faults(Faults {
+        statuses: vec![503],
+        ..Faults::default()
+    });
+    let requests = [
+        http.get(url("stats")),
+        http.get(url("links")),
+        http.get(url("faults")),
+        http.put(url("faults")).json(&json!({})),
+        http.delete(url("faults")),
+        http.put(url("key")).json(&json!({"key": "taken-over"})),
+        http.post(url("reset")),
+        http.get(url("healthz")),
+    ];
+    for req in requests {
+        let resp = send(req).await;
+        let what = format!("{} {}", resp.url().path(), resp.status());
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{what}");
+    }
+    // None of them acted: the fault and the key are still in place.
+    assert_eq!(sim.faults().statuses, [503]);
+    assert_eq!(link(&http, &sim, "a", "u").await.0, 503);
+    assert_eq!(link(&http, &sim, "a", "u").await.0, StatusCode::OK);
+    // The health route stays, for container healthchecks.
+    let resp = send(http.get(format!("{}/healthz", sim.base_url()))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": "ok"}));
 }
 
 #[tokio::test]
@@ -579,6 +623,10 @@ fn config_debug_hides_the_key() {
     assert!(!format!("{config:?}").contains("super-secret"));
     assert_eq!(config.pause, Duration::from_millis(5));
     assert_eq!(SimConfig::default().secret_key, "sim-secret-key");
+    assert!(
+        !SimConfig::default().control_routes,
+        "control routes are opt-in"
+    );
 }
 
 #[test]

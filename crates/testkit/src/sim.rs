@@ -1,4 +1,6 @@
-//! A private mos-sim, in process, on a port of its own.
+//! A private mos-sim, in process, on a port of its own. In-process sims are
+//! driven through [`MosSim`]'s methods, so they leave the `/_sim/*` control
+//! routes off, as the real endpoint has none.
 
 use mos_sim::{Faults, MosSim, SimConfig, SimStats};
 
@@ -18,7 +20,8 @@ pub async fn start_with_key(key: &str, config: SimConfig) -> MosSim {
     .await
 }
 
-/// The counters of a mos-sim running as its own process on `port`.
+/// The counters of a mos-sim running as its own process on `port`; it must
+/// have been started with `--control` (else `/_sim/stats` is a 404).
 pub async fn remote_stats(http: &reqwest::Client, port: u16) -> Result<SimStats, String> {
     let url = format!("http://127.0.0.1:{port}/_sim/stats");
     crate::scrape::get(http, &url)

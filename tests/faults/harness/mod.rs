@@ -1,11 +1,12 @@
 //! What every fault scenario shares: a private topology and mos-sim, the
 //! worker as a child process (logs to files, `RUST_LOG=trace`), a producer
-//! that survives broker faults, a `/readyz` recorder, a ledger that knows what
-//! should become of each event and counts what did, the secret scan, and the
-//! one-line summary. What the other suites and the benchmark also use comes
+//! that survives broker faults, recorders of `/readyz` and of the circuit
+//! gauge, a ledger that knows what should become of each event and counts
+//! what did, the secret scan, the one-line summary and the recovery bounds. What the other suites and the benchmark also use comes
 //! from `testkit`.
 
 mod broker;
+mod circuit;
 mod drain;
 mod ledger;
 mod producer;
@@ -16,6 +17,7 @@ mod summary;
 mod worker;
 
 pub use broker::*;
+pub use circuit::*;
 pub use drain::*;
 pub use ledger::*;
 pub use producer::*;

@@ -54,3 +54,15 @@ pub fn note(text: &str) {
 pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
+
+/// A liveness bound on a recovery time: many times what runs show, so it
+/// fails when recovery hangs or crawls, not because a machine is slow.
+#[track_caller]
+pub fn assert_within(what: &str, took: Duration, bound: Duration) {
+    assert!(
+        took <= bound,
+        "{what} took {}, more than the {} allowed",
+        secs(took),
+        secs(bound)
+    );
+}
