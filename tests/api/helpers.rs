@@ -247,6 +247,40 @@ impl TestApp {
     }
 }
 
+/// Declares `private`'s topology and queues `bodies` on its exchange
+/// (`user.logged_in`, persistent, confirmed), for a worker started after.
+pub async fn queue_before_start(
+    connection: &Connection,
+    private: &Private,
+    bodies: impl IntoIterator<Item = Vec<u8>>,
+) {
+    private
+        .declare(connection)
+        .await
+        .expect("declare the topology");
+    let publisher = testkit::broker::publisher(connection).await;
+    for body in bodies {
+        publisher
+            .publish(
+                private.exchange(),
+                "user.logged_in",
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("queued before the worker starts");
+    }
+}
+
+/// `n` distinct pairs `a-{name}-{i}` / `u-{name}-{i}` as event bodies.
+pub fn pair_bodies(name: &str, n: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..n).map(move |i| {
+        serde_json::json!({"anonymousId": format!("a-{name}-{i}"), "userId": format!("u-{name}-{i}")})
+            .to_string()
+            .into_bytes()
+    })
+}
+
 pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
     headers::get_str(&delivery.properties, name)
 }

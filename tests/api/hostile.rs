@@ -245,22 +245,13 @@ async fn big_bodies_do_not_bloat_the_worker() {
     let vars = base_vars(&sim);
     let private = Private::from_vars(vars.clone());
     let connection = broker().await;
-    private.declare(&connection).await.unwrap();
-    let publisher = testkit::broker::publisher(&connection).await;
     let padding = "p".repeat(12 << 20);
-    for i in 0..4 {
-        let body = serde_json::json!({"anonymousId": format!("a-huge-{i}"), "userId": "u-huge", "pad": padding})
-            .to_string();
-        publisher
-            .publish(
-                private.exchange(),
-                "user.logged_in",
-                body.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-    }
+    let huge = (0..4).map(|i| {
+        serde_json::json!({"anonymousId": format!("a-huge-{i}"), "userId": "u-huge", "pad": padding})
+            .to_string()
+            .into_bytes()
+    });
+    queue_before_start(&connection, &private, huge).await;
     drop(padding);
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_logged(

@@ -48,20 +48,7 @@ async fn stalled_reader(pipes: Pipes) {
     let private = Private::from_vars(vars.clone());
     let connection = broker().await;
     // Queued before the worker starts: a burst of trace output at once.
-    private.declare(&connection).await.unwrap();
-    let publisher = testkit::broker::publisher(&connection).await;
-    for i in 0..EVENTS {
-        let body = serde_json::json!({"anonymousId": format!("a-pipe-{i}"), "userId": format!("u-pipe-{i}")});
-        publisher
-            .publish(
-                private.exchange(),
-                "user.logged_in",
-                body.to_string().as_bytes(),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-    }
+    queue_before_start(&connection, &private, pair_bodies("pipe", EVENTS as usize)).await;
     // The checks run in a task of their own, so the topology is deleted
     // whether they pass or fail (a failure kills the worker first).
     let result = tokio::spawn(run_and_stop(sim, vars, ops, pipes)).await;

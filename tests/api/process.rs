@@ -163,22 +163,8 @@ async fn sigterm_mid_load_exits_0_and_loses_nothing() {
     );
     let private = Private::from_vars(vars.clone());
     let connection = broker().await;
-    // Declare first so the events are queued before the worker starts.
-    private.declare(&connection).await.unwrap();
-    let publisher = testkit::broker::publisher(&connection).await;
     let total = 400;
-    for i in 0..total {
-        let body = serde_json::json!({"anonymousId": format!("a-term-{i}"), "userId": format!("u-term-{i}")});
-        publisher
-            .publish(
-                private.exchange(),
-                "user.logged_in",
-                body.to_string().as_bytes(),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap();
-    }
+    queue_before_start(&connection, &private, pair_bodies("term", total as usize)).await;
     let mut child = command(&vars)
         .arg("run")
         .stdout(Stdio::null())
