@@ -123,9 +123,7 @@ impl LinkClient {
                 });
             }
         };
-        // Scrubbed whole, before `classify` cuts an excerpt: a key echoed
-        // across the cut would otherwise leave its first part in the excerpt.
-        classify(status, retry_after, is_json, &self.scrub_body(&bytes))
+        classify(status, retry_after, is_json, &bytes, self.secret.expose())
     }
 
     /// `check-config`: POSTs `{}`. The workflow answers 400 for missing
@@ -155,7 +153,7 @@ impl LinkClient {
         if status == StatusCode::BAD_REQUEST || status.is_success() {
             return Ok(status.as_u16());
         }
-        match classify(status, None, false, &self.scrub_body(&body)) {
+        match classify(status, None, false, &body, self.secret.expose()) {
             Ok(_) => Ok(status.as_u16()),
             Err(error) => Err(error),
         }
@@ -164,11 +162,6 @@ impl LinkClient {
     /// A hostile or broken endpoint could echo the key back; never pass it on.
     fn scrub(&self, text: &str) -> String {
         text.replace(self.secret.expose(), "[redacted]")
-    }
-
-    /// The body with every copy of the key taken out, before anything is cut from it.
-    fn scrub_body<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
-        scrub_bytes(body, self.secret.expose().as_bytes())
     }
 }
 
@@ -185,24 +178,6 @@ fn request_id_header(request_id: &str) -> HeaderValue {
             .collect();
         HeaderValue::from_str(&cleaned).unwrap_or(HeaderValue::from_static("invalid-event-id"))
     })
-}
-
-fn scrub_bytes<'b>(body: &'b [u8], secret: &[u8]) -> std::borrow::Cow<'b, [u8]> {
-    if secret.is_empty() || !body.windows(secret.len()).any(|w| w == secret) {
-        return std::borrow::Cow::Borrowed(body);
-    }
-    let mut out = Vec::with_capacity(body.len());
-    let mut rest = body;
-    while !rest.is_empty() {
-        if rest.starts_with(secret) {
-            out.extend_from_slice(b"[redacted]");
-            rest = &rest[secret.len()..];
-        } else {
-            out.push(rest[0]);
-            rest = &rest[1..];
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 fn describe_transport_error(error: &reqwest::Error) -> String {
@@ -227,11 +202,13 @@ fn describe_transport_error(error: &reqwest::Error) -> String {
 }
 
 /// Maps a response to the outcome of the call.
+/// `secret` is taken out of the excerpt an error keeps of the body.
 fn classify(
     status: StatusCode,
     retry_after: Option<Duration>,
     is_json: bool,
     body: &[u8],
+    secret: &str,
 ) -> Result<LinkResult, CallError> {
     let code = status.as_u16();
     if status.is_success() {
@@ -258,12 +235,22 @@ fn classify(
     Err(CallError {
         verdict,
         status: Some(code),
-        message: format!("HTTP {code} from the link endpoint: {}", body_excerpt(body)),
+        message: format!(
+            "HTTP {code} from the link endpoint: {}",
+            body_excerpt(body, secret)
+        ),
     })
 }
 
-fn body_excerpt(body: &[u8]) -> String {
+/// Scrubbed whole before it is cut: a key echoed across the cut would
+/// otherwise leave its first part in the excerpt. Only error answers pay for it.
+fn body_excerpt(body: &[u8], secret: &str) -> String {
     let text = String::from_utf8_lossy(body);
+    let text = if secret.is_empty() {
+        text
+    } else {
+        std::borrow::Cow::Owned(text.replace(secret, "[redacted]"))
+    };
     let text: String = text.chars().filter(|c| !c.is_control()).collect();
     match text.char_indices().nth(MAX_BODY_IN_ERROR) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -290,7 +277,7 @@ mod tests {
 
     #[test]
     fn success_bodies() {
-        let ok = |body: &str| classify(StatusCode::OK, None, true, body.as_bytes());
+        let ok = |body: &str| classify(StatusCode::OK, None, true, body.as_bytes(), "k");
         assert_eq!(
             ok(r#"{"message":"Success","outcome":"created"}"#),
             Ok(LinkResult::Linked)
@@ -302,7 +289,7 @@ mod tests {
         assert_eq!(ok(r#"{"message":"Success"}"#), Ok(LinkResult::Linked));
         assert_eq!(ok("not json"), Ok(LinkResult::Linked));
         assert_eq!(
-            classify(StatusCode::NO_CONTENT, None, false, b""),
+            classify(StatusCode::NO_CONTENT, None, false, b"", "k"),
             Ok(LinkResult::Linked)
         );
     }
@@ -310,7 +297,7 @@ mod tests {
     #[test]
     fn failures_are_classified() {
         let err = |code: u16| {
-            classify(StatusCode::from_u16(code).unwrap(), None, true, b"{}").unwrap_err()
+            classify(StatusCode::from_u16(code).unwrap(), None, true, b"{}", "k").unwrap_err()
         };
         for code in [408, 429, 500, 502, 503, 504, 302] {
             assert_eq!(err(code).verdict, Verdict::RetryAfter(None), "{code}");
@@ -349,21 +336,17 @@ mod tests {
         let key = "sk_live_0123456789abcdefghijklmnopqrstuvwxyz";
         // The key starts 10 characters before the excerpt's end.
         let body = format!("{}{key} and more", "x".repeat(MAX_BODY_IN_ERROR - 10));
-        let scrubbed = scrub_bytes(body.as_bytes(), key.as_bytes());
-        let err = classify(StatusCode::BAD_REQUEST, None, false, &scrubbed).unwrap_err();
+        let err = classify(StatusCode::BAD_REQUEST, None, false, body.as_bytes(), key).unwrap_err();
         assert!(!err.message.contains(&key[..10]), "{}", err.message);
         assert!(err.message.contains("[redacted]"));
-        assert_eq!(
-            scrub_bytes(b"ab", key.as_bytes()),
-            std::borrow::Cow::Borrowed(b"ab".as_slice())
-        );
-        assert_eq!(&*scrub_bytes(b"kkk", b"kk"), b"[redacted]k".as_slice());
+        assert_eq!(body_excerpt(b"ab", key), "ab");
+        assert_eq!(body_excerpt(b"kkk", "kk"), "[redacted]k");
     }
 
     #[test]
     fn long_bodies_are_cut() {
         let body = "x".repeat(10_000);
-        let err = classify(StatusCode::BAD_REQUEST, None, false, body.as_bytes()).unwrap_err();
+        let err = classify(StatusCode::BAD_REQUEST, None, false, body.as_bytes(), "k").unwrap_err();
         assert!(err.to_string().len() < 400);
     }
 }

@@ -124,15 +124,13 @@ impl Linker {
     /// Links the pair with immediate retries, sharing the call with any
     /// concurrent event for the same anonymous identifier.
     pub async fn link(&self, event: &LinkEvent, request_id: &str) -> Result<LinkResult, CallError> {
-        self.link_in_flight(event, request_id, self.immediate_retries)
-            .await
+        self.link_in_flight(event, request_id).await
     }
 
     async fn link_in_flight(
         &self,
         event: &LinkEvent,
         request_id: &str,
-        retries: usize,
     ) -> Result<LinkResult, CallError> {
         let map = self.shard(&event.anonymous);
         loop {
@@ -165,7 +163,7 @@ impl Linker {
                         map,
                         anonymous: &event.anonymous,
                     };
-                    let result = self.call_with_retries(event, request_id, retries).await;
+                    let result = self.call_with_retries(event, request_id).await;
                     if result.is_ok() {
                         self.cache.insert(event);
                     }
@@ -199,13 +197,12 @@ impl Linker {
         &self,
         event: &LinkEvent,
         request_id: &str,
-        retries: usize,
     ) -> Result<LinkResult, CallError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(BACKOFF_BASE)
             .with_max_delay(BACKOFF_CAP)
             .with_factor(2.0)
-            .with_max_times(retries);
+            .with_max_times(self.immediate_retries);
         let attempt = || async {
             let sent = Instant::now();
             let mut result = self.client.link(event, request_id).await;
