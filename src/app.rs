@@ -12,12 +12,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::connection::BrokerSession;
+use crate::broker::connection::{BrokerSession, NodeOrder};
 use crate::broker::consumer::{Consumer, SessionEnd};
 use crate::broker::partitions::PartitionActivity;
 use crate::broker::settle::Pipeline;
 use crate::broker::topology::Topology;
-use crate::config::Config;
+use crate::config::{AmqpUrl, Config};
 use crate::handler::Handler;
 use crate::link::{Circuit, LinkClient, LinkedCache, Linker, probe_loop};
 use crate::ops::http;
@@ -140,10 +140,16 @@ impl Application {
         let permits = Arc::new(Semaphore::new(self.config.link.concurrency.get()));
         let tasks = TaskTracker::new();
         let mut backoff = RECONNECT_MIN;
+        let broker = &self.config.broker;
+        let nodes: Vec<String> = broker.amqp_urls.iter().map(AmqpUrl::node).collect();
+        self.metrics
+            .list_broker_nodes(nodes.iter().map(String::as_str));
+        let mut order = NodeOrder::shuffled(nodes.len());
+        let mut sessions_opened = 0_u64;
         // One grace period for the whole shutdown, however many drains it takes.
         let mut shutdown_deadline: Option<Instant> = None;
         tracing::info!(
-            broker = %self.config.broker.amqp_url,
+            broker = %ListedNodes(&broker.amqp_urls),
             queue = %self.config.broker.queue,
             ops = %self.ops_addr,
             "identity-link-worker starting"
@@ -151,12 +157,14 @@ impl Application {
         while !stop.is_cancelled() {
             let opened = tokio::select! {
                 _ = stop.cancelled() => break,
-                opened = BrokerSession::open(&self.config.broker, &self.pipeline.topology) => opened,
+                opened = BrokerSession::open(broker, &self.pipeline.topology, &order, &self.metrics) => opened,
             };
             let session = match opened {
                 Ok(session) => session,
                 Err(error) => {
                     self.readiness.set_connected(false);
+                    self.readiness.set_broker_problem(Some(error.to_string()));
+                    // Every node refused: only now the backoff.
                     tracing::error!(%error, retry_in = ?backoff, "broker session failed");
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -166,8 +174,14 @@ impl Application {
                     continue;
                 }
             };
+            self.readiness.set_broker_problem(None);
             self.readiness.set_connected(true);
-            tracing::info!(broker = %self.config.broker.amqp_url, "connected to the broker");
+            self.metrics.set_broker_node(Some(&nodes[session.node]));
+            if sessions_opened > 0 {
+                self.metrics.broker_reconnects.inc();
+            }
+            sessions_opened += 1;
+            tracing::info!(broker = %broker.amqp_urls[session.node], "connected to the broker");
             let session_started = std::time::Instant::now();
             let consumer = Consumer {
                 session: &session,
@@ -196,22 +210,31 @@ impl Application {
                 }
                 SessionEnd::Lost(reason) => {
                     self.readiness.set_connected(false);
-                    // A session that fails again soon after starting keeps the
-                    // backoff growing, so a persistent fault cannot spin.
-                    if session_started.elapsed() > SESSION_HEALTHY_AFTER {
+                    self.metrics.set_broker_node(None);
+                    // The next round starts with the next node: a lost node is tried last.
+                    order.moved_past(session.node);
+                    // A session that ran a while fails over at once; one that
+                    // fails again soon after starting keeps the backoff
+                    // growing, so a persistent fault cannot spin.
+                    let wait = if session_started.elapsed() > SESSION_HEALTHY_AFTER {
                         backoff = RECONNECT_MIN;
-                    }
-                    tracing::warn!(%reason, retry_in = ?backoff, "broker session lost; reconnecting");
+                        Duration::ZERO
+                    } else {
+                        jittered(backoff)
+                    };
+                    tracing::warn!(%reason, retry_in = ?wait, "broker session lost; reconnecting");
                     // Let go of what is left (the broker redelivers it, maybe to
                     // another replica, so no call of ours may still be running), then close.
                     let_go(&session, &tasks).await;
                     session.close().await;
                     drop(held);
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(jittered(backoff)) => {}
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
                     }
-                    backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
             }
         }
@@ -224,6 +247,16 @@ impl Application {
         http_stop.cancel();
         let _ = http_task.await;
         tracing::info!("identity-link-worker stopped");
+    }
+}
+
+/// The nodes of `LINKER_AMQP_URL`, redacted, for the start-up line.
+struct ListedNodes<'a>(&'a [AmqpUrl]);
+
+impl std::fmt::Display for ListedNodes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(AmqpUrl::redacted).collect();
+        f.write_str(&shown.join(","))
     }
 }
 

@@ -279,7 +279,9 @@ mod tests {
 
     fn topology() -> Topology {
         let broker = BrokerConfig {
-            amqp_url: crate::config::AmqpUrl::new("amqp://localhost"),
+            amqp_urls: vec![crate::config::AmqpUrl::new("amqp://localhost")],
+            tls: crate::config::BrokerTls::default(),
+            quorum_initial_group_size: None,
             exchange: "auth.events".into(),
             routing_keys: vec!["user.logged_in".into()],
             queue: "q".into(),

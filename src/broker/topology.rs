@@ -1,6 +1,7 @@
 //! Every exchange and queue the worker uses, all named from `LINKER_QUEUE`
 //! and `LINKER_EXCHANGE`, declared idempotently (or only checked).
 
+use std::num::NonZeroU16;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -31,6 +32,8 @@ pub struct Topology {
     /// empty in direct mode (`LINKER_PARTITIONS=0`).
     pub partitions: Vec<String>,
     pub delivery_limit: u32,
+    /// `x-quorum-initial-group-size`; `None` leaves it to the broker (every node).
+    pub quorum_group_size: Option<u16>,
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -39,6 +42,18 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
         t.insert(ShortString::from(*k), v.clone());
     }
     t
+}
+
+/// The arguments every quorum queue of the worker's shares.
+fn quorum(group_size: Option<u16>) -> Vec<(&'static str, AMQPValue)> {
+    let mut arguments = vec![("x-queue-type", text("quorum"))];
+    if let Some(size) = group_size {
+        arguments.push((
+            "x-quorum-initial-group-size",
+            AMQPValue::LongInt(i32::from(size)),
+        ));
+    }
+    arguments
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -85,6 +100,7 @@ impl Topology {
                 .map(|i| format!("{}.partition.{i}", broker.queue))
                 .collect(),
             delivery_limit: broker.delivery_limit.get(),
+            quorum_group_size: broker.quorum_initial_group_size.map(NonZeroU16::get),
         }
     }
 
@@ -121,8 +137,8 @@ impl Topology {
     /// one active consumer at a time: the events of one visitor leave it in
     /// publish order, to be routed (or, in direct mode, linked) by one replica.
     pub fn work_queue_arguments(&self) -> FieldTable {
-        table(&[
-            ("x-queue-type", text("quorum")),
+        let mut arguments = quorum(self.quorum_group_size);
+        arguments.extend([
             (
                 "x-delivery-limit",
                 AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
@@ -132,21 +148,23 @@ impl Topology {
             // at-least-once dead-lettering requires reject-publish.
             ("x-overflow", text("reject-publish")),
             ("x-single-active-consumer", AMQPValue::Boolean(true)),
-        ])
+        ]);
+        table(&arguments)
     }
 
     /// Retry queue: quorum too, so the way back into the work queue is also
     /// at-least-once; the TTL expiry dead-letters into the work queue.
     pub fn retry_queue_arguments(&self, delay: Duration) -> FieldTable {
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        table(&[
-            ("x-queue-type", text("quorum")),
+        let mut arguments = quorum(self.quorum_group_size);
+        arguments.extend([
             ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
             ("x-dead-letter-exchange", text("")),
             ("x-dead-letter-routing-key", text(&self.queue)),
             ("x-dead-letter-strategy", text("at-least-once")),
             ("x-overflow", text("reject-publish")),
-        ])
+        ]);
+        table(&arguments)
     }
 
     /// Partition queue: the same arguments as the work queue; each has its
@@ -156,7 +174,7 @@ impl Topology {
     }
 
     pub fn dead_letter_queue_arguments(&self) -> FieldTable {
-        table(&[("x-queue-type", text("quorum"))])
+        table(&quorum(self.quorum_group_size))
     }
 
     /// Declares everything; idempotent, and fails if an existing queue has
@@ -327,5 +345,49 @@ mod tests {
         ] {
             assert_eq!(topic_matches(pattern, key), matches, "{pattern} ~ {key}");
         }
+    }
+
+    #[test]
+    fn every_quorum_queue_gets_the_group_size_when_set() {
+        use crate::config::Config;
+        use lapin::types::AMQPValue;
+        let config = |size: &str| {
+            let mut vars = vec![
+                (
+                    "LINKER_MOS_ENDPOINT_URL".to_owned(),
+                    "http://127.0.0.1:1/x".to_owned(),
+                ),
+                ("LINKER_MOS_SECRET_KEY".to_owned(), "k".to_owned()),
+            ];
+            if !size.is_empty() {
+                vars.push((
+                    "LINKER_QUORUM_INITIAL_GROUP_SIZE".to_owned(),
+                    size.to_owned(),
+                ));
+            }
+            Config::from_vars(vars).unwrap()
+        };
+        let size = |table: lapin::types::FieldTable| {
+            table
+                .inner()
+                .get(&lapin::types::ShortString::from(
+                    "x-quorum-initial-group-size",
+                ))
+                .cloned()
+        };
+        let set = config("3");
+        let topology = super::Topology::new(&set.broker, &set.retry.ladder);
+        let delay = topology.retry_queues[0].delay;
+        for table in [
+            topology.work_queue_arguments(),
+            topology.partition_queue_arguments(),
+            topology.retry_queue_arguments(delay),
+            topology.dead_letter_queue_arguments(),
+        ] {
+            assert_eq!(size(table), Some(AMQPValue::LongInt(3)));
+        }
+        let unset = config("");
+        let topology = super::Topology::new(&unset.broker, &unset.retry.ladder);
+        assert_eq!(size(topology.work_queue_arguments()), None);
     }
 }

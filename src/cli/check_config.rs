@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::broker::connection::connect;
+use crate::broker::connection::connect_to;
 use crate::broker::topology::Topology;
 use crate::config::{Config, delay_label};
 use crate::link::{LinkClient, Verdict};
@@ -12,7 +12,9 @@ use crate::ops::metrics::Metrics;
 pub async fn run(config: &Config) -> ExitCode {
     let topology = Topology::new(&config.broker, &config.retry.ladder);
     println!("configuration: ok");
-    println!("  broker          {}", config.broker.amqp_url);
+    for url in &config.broker.amqp_urls {
+        println!("  broker          {url}");
+    }
     println!(
         "  topology        exchange {:?} keys {:?} -> queue {:?}; dead letters {:?}; retry queues {:?} ({})",
         topology.exchange,
@@ -64,26 +66,32 @@ pub async fn run(config: &Config) -> ExitCode {
     println!("  operations HTTP {}", config.ops.http_addr);
     let mut ok = true;
 
-    match connect(&config.broker.amqp_url, "identity-link-worker check-config").await {
-        Ok(connection) => {
-            println!("broker: reachable");
-            match topology.verify(&connection).await {
-                Ok(()) => println!("topology: present"),
-                Err(missing) if config.broker.declare_topology => {
-                    println!(
-                        "topology: not all present yet (the worker declares it at start): {missing}"
-                    )
+    // Every listed node: a wrong URL in a cluster's list would otherwise
+    // show only on the day the other nodes are down.
+    let mut verified = false;
+    for url in &config.broker.amqp_urls {
+        match connect_to(url, &config.broker.tls, "identity-link-worker check-config").await {
+            Ok(connection) => {
+                println!("broker: {} reachable", url.node());
+                if !verified {
+                    verified = true;
+                    match topology.verify(&connection).await {
+                        Ok(()) => println!("topology: present"),
+                        Err(missing) if config.broker.declare_topology => println!(
+                            "topology: not all present yet (the worker declares it at start): {missing}"
+                        ),
+                        Err(missing) => {
+                            println!("topology: MISSING: {missing}");
+                            ok = false;
+                        }
+                    }
                 }
-                Err(missing) => {
-                    println!("topology: MISSING: {missing}");
-                    ok = false;
-                }
+                let _ = connection.close(200, "check-config done".into()).await;
             }
-            let _ = connection.close(200, "check-config done".into()).await;
-        }
-        Err(error) => {
-            println!("broker: UNREACHABLE: {error}");
-            ok = false;
+            Err(error) => {
+                println!("broker: {} UNREACHABLE: {error}", url.node());
+                ok = false;
+            }
         }
     }
 

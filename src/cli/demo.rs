@@ -131,7 +131,7 @@ async fn demo(users: usize) -> Result<(), String> {
     .map_err(|e| format!("demo configuration: {e}"))?;
 
     println!("identity-link-worker demo");
-    println!("  broker   {}", config.broker.amqp_url);
+    println!("  broker   {}", config.broker.amqp_urls[0]);
     println!(
         "  queue    {} (private to this run, deleted at the end)",
         config.broker.queue
@@ -151,7 +151,7 @@ async fn demo(users: usize) -> Result<(), String> {
     let worker = tokio::spawn(app.run_until_stopped(stop.clone()));
     wait_ready(ops).await?;
 
-    let connection = connect(&config.broker.amqp_url, "identity-link-worker demo")
+    let connection = connect(&config.broker, "identity-link-worker demo")
         .await
         .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(

@@ -14,7 +14,7 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let topology = Topology::new(&config.broker, &config.retry.ladder);
-    let connection = match connect(&config.broker.amqp_url, "identity-link-worker dlq").await {
+    let connection = match connect(&config.broker, "identity-link-worker dlq").await {
         Ok(connection) => connection,
         Err(error) => {
             eprintln!("dlq: {error}");

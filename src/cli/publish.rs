@@ -39,7 +39,7 @@ pub async fn run(
     message_id: Option<String>,
 ) -> ExitCode {
     let message_id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let connection = match connect(&config.amqp_url, "identity-link-worker publish").await {
+    let connection = match connect(config, "identity-link-worker publish").await {
         Ok(connection) => connection,
         Err(error) => {
             eprintln!("publish: {error}");

@@ -8,6 +8,7 @@ mod values;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,8 +16,9 @@ use serde::Deserialize;
 pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
 use self::values::{
-    amqp_url, at_least_one, body_limit, boolean, duration, endpoint_url, list, name, non_zero,
-    number, parsed, partitions, pointers, positive_duration, replica_id, retry_ladder, secret_key,
+    amqp_urls, at_least_one, body_limit, boolean, broker_tls, duration, endpoint_url, list, name,
+    non_zero, number, optional_count, parsed, partitions, pointers, positive_duration, replica_id,
+    retry_ladder, secret_key,
 };
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
@@ -64,8 +66,14 @@ pub struct Config {
 /// Where messages come from: the broker, its topology, how many at once.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// `LINKER_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    pub amqp_url: AmqpUrl,
+    /// `LINKER_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`: one
+    /// node, or several nodes of one cluster separated by commas (never empty).
+    pub amqp_urls: Vec<AmqpUrl>,
+    /// `LINKER_AMQP_CA_FILE`, `LINKER_AMQP_CLIENT_CERT_FILE`, `LINKER_AMQP_CLIENT_KEY_FILE`.
+    pub tls: BrokerTls,
+    /// `LINKER_QUORUM_INITIAL_GROUP_SIZE`, default the broker's (every node):
+    /// `x-quorum-initial-group-size` of each quorum queue the worker declares.
+    pub quorum_initial_group_size: Option<NonZeroU16>,
     /// `LINKER_EXCHANGE`, default `auth.events`.
     pub exchange: String,
     /// `LINKER_ROUTING_KEYS`, default `user.signed_up,user.logged_in`.
@@ -84,6 +92,18 @@ pub struct BrokerConfig {
     /// `LINKER_REPLICA_ID`, default the host name (the pod's name), else random:
     /// weighs this replica's claim on each partition.
     pub replica_id: String,
+}
+
+/// Files for `amqps://` URLs, read again at each connection (so a rotated
+/// certificate is used from the next reconnect). Without a CA file the
+/// system's trust store verifies the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// PEM certificates that may sign the broker's certificate, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain and PKCS#8 PEM key of the worker's client
+    /// certificate (mutual TLS; with `?auth_mechanism=external`, the login).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// How an event's body becomes a pair of identifiers.
@@ -174,6 +194,10 @@ pub const DEFAULT_BLOCKED_IDENTIFIERS: &str =
 #[derive(Debug, Default, Deserialize)]
 struct RawEnv {
     amqp_url: Option<String>,
+    amqp_ca_file: Option<String>,
+    amqp_client_cert_file: Option<String>,
+    amqp_client_key_file: Option<String>,
+    quorum_initial_group_size: Option<String>,
     exchange: Option<String>,
     routing_keys: Option<String>,
     queue: Option<String>,
@@ -288,7 +312,7 @@ impl BrokerNames {
 
 impl BrokerConfig {
     fn from_raw(raw: &RawEnv, names: BrokerNames) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let config = Self {
             prefetch: non_zero(
                 "LINKER_PREFETCH",
                 raw.prefetch.clone(),
@@ -300,7 +324,16 @@ impl BrokerConfig {
                 raw.delivery_limit.clone(),
                 DEFAULT_DELIVERY_LIMIT,
             )?,
-            amqp_url: amqp_url(raw.amqp_url.clone())?,
+            amqp_urls: amqp_urls(raw.amqp_url.clone())?,
+            tls: broker_tls(
+                raw.amqp_ca_file.clone(),
+                raw.amqp_client_cert_file.clone(),
+                raw.amqp_client_key_file.clone(),
+            )?,
+            quorum_initial_group_size: optional_count(
+                "LINKER_QUORUM_INITIAL_GROUP_SIZE",
+                raw.quorum_initial_group_size.clone(),
+            )?,
             exchange: names.exchange,
             routing_keys: names.routing_keys,
             queue: names.queue,
@@ -311,7 +344,20 @@ impl BrokerConfig {
             )?,
             partitions: partitions(raw.partitions.clone())?,
             replica_id: replica_id(raw.replica_id.clone()),
-        })
+        };
+        // TLS files with no amqps:// node would be silently unused.
+        if config.tls != BrokerTls::default() && !config.amqp_urls.iter().any(AmqpUrl::is_tls) {
+            let variable = if config.tls.ca_file.is_some() {
+                "LINKER_AMQP_CA_FILE"
+            } else {
+                "LINKER_AMQP_CLIENT_CERT_FILE"
+            };
+            return Err(ConfigError::new(
+                variable,
+                "is set, but no LINKER_AMQP_URL is amqps:// (the file would not be used)",
+            ));
+        }
+        Ok(config)
     }
 }
 
@@ -527,5 +573,99 @@ mod tests {
         let url = AmqpUrl::new("amqp://user:hunter2@rabbit:5672/%2f");
         assert_eq!(url.redacted(), "amqp://user:***@rabbit:5672/%2f");
         assert!(!format!("{url:?} {url}").contains("hunter2"));
+    }
+
+    #[test]
+    fn several_broker_nodes_are_listed_in_order() {
+        let config = Config::from_vars(vars(&[(
+            "LINKER_AMQP_URL",
+            "amqp://u:p%2Cw@rabbit-0:5672/%2f, amqps://u:pw@rabbit-1/%2f,amqp://u:pw@rabbit-2:5673/%2f",
+        )]))
+        .unwrap();
+        let nodes: Vec<String> = config.broker.amqp_urls.iter().map(AmqpUrl::node).collect();
+        assert_eq!(nodes, ["rabbit-0:5672", "rabbit-1:5671", "rabbit-2:5673"]);
+        assert!(config.broker.amqp_urls[1].is_tls());
+        assert_eq!(
+            Config::from_vars(vars(&[])).unwrap().broker.amqp_urls.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_bad_node_list_names_the_variable_and_hides_passwords() {
+        for (list, problem) in [
+            (
+                "amqp://u:hunter2@a/%2f,http://u:hunter2@b/",
+                "must start with",
+            ),
+            (
+                "amqp://u:hunter2@a:5672/%2f,amqp://v:hunter2@a/%2f",
+                "twice",
+            ),
+            (" , ", "at least one"),
+        ] {
+            let err = Config::from_vars(vars(&[("LINKER_AMQP_URL", list)])).unwrap_err();
+            assert_eq!(err.variable, "LINKER_AMQP_URL", "{list}");
+            assert!(err.problem.contains(problem), "{list}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let ca = ca.to_string_lossy().into_owned();
+        let tls = ("LINKER_AMQP_URL", "amqps://u:p@rabbit/%2f");
+
+        let config = Config::from_vars(vars(&[tls, ("LINKER_AMQP_CA_FILE", &ca)])).unwrap();
+        assert_eq!(
+            config.broker.tls.ca_file.as_deref(),
+            Some(std::path::Path::new(&ca))
+        );
+
+        for (pairs, variable) in [
+            (
+                vec![tls, ("LINKER_AMQP_CA_FILE", "/nonexistent/ca.pem")],
+                "LINKER_AMQP_CA_FILE",
+            ),
+            (
+                vec![tls, ("LINKER_AMQP_CA_FILE", &*not_pem.to_string_lossy())],
+                "LINKER_AMQP_CA_FILE",
+            ),
+            (
+                vec![tls, ("LINKER_AMQP_CLIENT_CERT_FILE", ca.as_str())],
+                "LINKER_AMQP_CLIENT_KEY_FILE",
+            ),
+            // A CA file with no amqps:// node would be silently unused.
+            (
+                vec![("LINKER_AMQP_CA_FILE", ca.as_str())],
+                "LINKER_AMQP_CA_FILE",
+            ),
+        ] {
+            let err = Config::from_vars(vars(&pairs)).unwrap_err();
+            assert_eq!(err.variable, variable, "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_quorum_group_size_is_the_brokers_unless_set() {
+        let unset = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(unset.broker.quorum_initial_group_size, None);
+        let set = Config::from_vars(vars(&[("LINKER_QUORUM_INITIAL_GROUP_SIZE", "3")])).unwrap();
+        assert_eq!(
+            set.broker.quorum_initial_group_size.map(NonZeroU16::get),
+            Some(3)
+        );
+        let zero =
+            Config::from_vars(vars(&[("LINKER_QUORUM_INITIAL_GROUP_SIZE", "0")])).unwrap_err();
+        assert_eq!(zero.variable, "LINKER_QUORUM_INITIAL_GROUP_SIZE");
     }
 }

@@ -34,6 +34,17 @@ impl AmqpUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// `host:port` (the port the scheme implies when none is written): names
+    /// the node in metrics and logs, with no credentials.
+    pub fn node(&self) -> String {
+        match self.0.parse::<lapin::uri::AMQPUri>() {
+            Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+            Err(_) => "[not an AMQP URI]".to_owned(),
+        }
+    }
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("amqps://")
+    }
     /// `amqp://user:***@host:port/vhost`, for logs and `check-config`.
     pub fn redacted(&self) -> String {
         redact_userinfo(&self.0)

@@ -6,28 +6,112 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::secret::{AmqpUrl, SecretKey, redact_userinfo};
-use super::{ConfigError, DEFAULT_AMQP_URL};
+use super::{BrokerTls, ConfigError, DEFAULT_AMQP_URL};
 use crate::domain::{JsonPointers, RetryLadder};
 
-pub(super) fn amqp_url(value: Option<String>) -> Result<AmqpUrl, ConfigError> {
-    let url = value.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
-    let url = url.trim().to_owned();
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(ConfigError::new(
-            "LINKER_AMQP_URL",
-            format!(
-                "must start with amqp:// or amqps:// (got `{}`)",
-                redact_userinfo(&url)
-            ),
-        ));
+/// `LINKER_AMQP_URL`: one URL, or the nodes of one cluster separated by
+/// commas (a comma inside a password must be written `%2C`).
+pub(super) fn amqp_urls(value: Option<String>) -> Result<Vec<AmqpUrl>, ConfigError> {
+    const VAR: &str = "LINKER_AMQP_URL";
+    let text = value.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+    let mut urls = Vec::new();
+    for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::new(
+                VAR,
+                format!(
+                    "each URL must start with amqp:// or amqps:// (got `{}`)",
+                    redact_userinfo(url)
+                ),
+            ));
+        }
+        if url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(ConfigError::new(
+                VAR,
+                format!("not a valid AMQP URI: `{}`", redact_userinfo(url)),
+            ));
+        }
+        let url = AmqpUrl::new(url);
+        if urls
+            .iter()
+            .any(|known: &AmqpUrl| known.node() == url.node())
+        {
+            return Err(ConfigError::new(
+                VAR,
+                format!("names the node {} twice", url.node()),
+            ));
+        }
+        urls.push(url);
     }
-    if url.parse::<lapin::uri::AMQPUri>().is_err() {
-        return Err(ConfigError::new(
-            "LINKER_AMQP_URL",
-            format!("not a valid AMQP URI: `{}`", redact_userinfo(&url)),
-        ));
+    if urls.is_empty() {
+        return Err(ConfigError::new(VAR, "must name at least one broker URL"));
     }
-    Ok(AmqpUrl::new(url))
+    Ok(urls)
+}
+
+/// The TLS files, checked now so that a wrong path fails at start, not at
+/// the first reconnect; they are read again at each connection.
+pub(super) fn broker_tls(
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+) -> Result<BrokerTls, ConfigError> {
+    let pem = |variable: &'static str, path: Option<String>, kind: &str| {
+        let Some(path) = path.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(path);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new(variable, format!("cannot read {}: {e}", path.display()))
+        })?;
+        if !text.contains(&format!("-----BEGIN {kind}")) {
+            return Err(ConfigError::new(
+                variable,
+                format!("{} holds no PEM `{kind}` block", path.display()),
+            ));
+        }
+        Ok(Some(path))
+    };
+    let ca_file = pem("LINKER_AMQP_CA_FILE", ca_file, "CERTIFICATE")?;
+    let cert = pem("LINKER_AMQP_CLIENT_CERT_FILE", cert_file, "CERTIFICATE")?;
+    let key = pem("LINKER_AMQP_CLIENT_KEY_FILE", key_file, "PRIVATE KEY")?;
+    let client_identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "LINKER_AMQP_CLIENT_KEY_FILE",
+                "is required with LINKER_AMQP_CLIENT_CERT_FILE",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "LINKER_AMQP_CLIENT_CERT_FILE",
+                "is required with LINKER_AMQP_CLIENT_KEY_FILE",
+            ));
+        }
+    };
+    Ok(BrokerTls {
+        ca_file,
+        client_identity,
+    })
+}
+
+/// An optional count: unset (or empty) is `None`, `0` is refused.
+pub(super) fn optional_count(
+    variable: &'static str,
+    value: Option<String>,
+) -> Result<Option<NonZeroU16>, ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(text) => non_zero(
+            variable,
+            Some(text),
+            NonZeroU16::MIN,
+            "must be at least 1 (unset means the broker's default)",
+        )
+        .map(Some),
+    }
 }
 
 pub(super) fn endpoint_url(value: Option<String>) -> Result<reqwest::Url, ConfigError> {

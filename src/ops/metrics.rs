@@ -35,6 +35,12 @@ struct StatusLabels {
     status: String,
 }
 
+/// A broker node as `host:port`, from `LINKER_AMQP_URL` (a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
@@ -66,6 +72,12 @@ pub struct Metrics {
     pub partitions_active: Gauge,
     pub in_flight: Gauge,
     pub broker_connected: Gauge,
+    /// 1 for the node the session is on, 0 for the other listed nodes.
+    broker_node: Family<NodeLabels, Gauge>,
+    /// The listed nodes' gauges of `broker_node`.
+    broker_nodes: std::sync::Mutex<Vec<(String, Gauge)>>,
+    pub broker_reconnects: Counter,
+    broker_connect_failures: Family<NodeLabels, Counter>,
     pub circuit_open: Gauge,
     /// Mirrors [`telemetry::dropped_lines`] at each scrape.
     log_lines_dropped: Counter,
@@ -191,6 +203,24 @@ impl Metrics {
             "1 while connected to the broker",
             broker_connected.clone(),
         );
+        let broker_node = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "identity_linker_broker_node",
+            "1 for the broker node (host:port) this replica is connected to, 0 for the other listed nodes",
+            broker_node.clone(),
+        );
+        let broker_reconnects = Counter::default();
+        registry.register(
+            "identity_linker_broker_reconnects",
+            "Broker sessions opened after the first (after a lost session or a failed attempt)",
+            broker_reconnects.clone(),
+        );
+        let broker_connect_failures = Family::<NodeLabels, Counter>::default();
+        registry.register(
+            "identity_linker_broker_connect_failures",
+            "Attempts to open a broker session that failed, by node",
+            broker_connect_failures.clone(),
+        );
         let circuit_open = Gauge::default();
         registry.register(
             "identity_linker_circuit_open",
@@ -234,9 +264,44 @@ impl Metrics {
             partitions_active,
             in_flight,
             broker_connected,
+            broker_node,
+            broker_nodes: std::sync::Mutex::default(),
+            broker_reconnects,
+            broker_connect_failures,
             circuit_open,
             log_lines_dropped,
         }
+    }
+
+    /// Exports every listed broker node at 0, so a dashboard shows them all.
+    pub fn list_broker_nodes<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let mut listed = self.broker_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for node in nodes {
+            let labels = NodeLabels {
+                node: node.to_owned(),
+            };
+            listed.push((
+                node.to_owned(),
+                self.broker_node.get_or_create_owned(&labels),
+            ));
+            let _ = self.broker_connect_failures.get_or_create(&labels);
+        }
+    }
+
+    /// The session is on `node` now (`Some`), or on none.
+    pub fn set_broker_node(&self, node: Option<&str>) {
+        let listed = self.broker_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, gauge) in listed.iter() {
+            gauge.set(i64::from(Some(name.as_str()) == node));
+        }
+    }
+
+    pub fn count_connect_failure(&self, node: &str) {
+        self.broker_connect_failures
+            .get_or_create(&NodeLabels {
+                node: node.to_owned(),
+            })
+            .inc();
     }
 
     /// The label value for an event type: the routing key if configured, else `other`.
@@ -364,6 +429,8 @@ mod tests {
     #[test]
     fn every_documented_name_is_exported() {
         let metrics = Metrics::new(&["user.signed_up".into(), "user.logged_in".into()]);
+        metrics.list_broker_nodes(["rabbit-0:5672", "rabbit-1:5672"]);
+        metrics.set_broker_node(Some("rabbit-1:5672"));
         metrics.count_message("user.logged_in", OutcomeLabel::Linked);
         metrics.count_api_request(Some(200), Duration::from_millis(3));
         let text = metrics.encode();
@@ -379,6 +446,9 @@ mod tests {
             "identity_linker_linked_cache_hits_total",
             "identity_linker_in_flight",
             "identity_linker_broker_connected",
+            "identity_linker_broker_node",
+            "identity_linker_broker_reconnects_total",
+            "identity_linker_broker_connect_failures_total",
             "identity_linker_circuit_open",
             "identity_linker_build_info",
             "identity_linker_log_lines_dropped_total",
@@ -388,6 +458,8 @@ mod tests {
         assert!(text.contains(
             r#"identity_linker_messages_total{event_type="user.logged_in",outcome="linked"} 1"#
         ));
+        assert!(text.contains(r#"identity_linker_broker_node{node="rabbit-0:5672"} 0"#));
+        assert!(text.contains(r#"identity_linker_broker_node{node="rabbit-1:5672"} 1"#));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Readiness {
     stopping: AtomicBool,
     /// Set by the circuit breaker while open: the `/readyz` reason and the last error.
     paused: Mutex<Option<(&'static str, String)>>,
+    /// Why the last attempt to open a broker session failed (the `/readyz` detail).
+    broker_problem: Mutex<Option<String>>,
     /// In partitioned mode: the partitions this replica works (see `/readyz`).
     partitions_active: Mutex<Option<Vec<u16>>>,
     metrics: Arc<Metrics>,
@@ -36,6 +38,7 @@ impl Readiness {
             consuming: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             paused: Mutex::new(None),
+            broker_problem: Mutex::new(None),
             partitions_active: Mutex::new(None),
             metrics,
         }
@@ -47,6 +50,14 @@ impl Readiness {
         if !connected {
             self.consuming.store(false, Ordering::Release);
         }
+    }
+
+    /// Why no session could be opened (`None` once one is).
+    pub fn set_broker_problem(&self, problem: Option<String>) {
+        *self
+            .broker_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     pub fn set_consuming(&self, consuming: bool) {
@@ -89,7 +100,12 @@ impl Readiness {
             return not_ready("shutting_down", None);
         }
         if !self.connected.load(Ordering::Acquire) {
-            return not_ready("broker_disconnected", None);
+            let problem = self
+                .broker_problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return not_ready("broker_disconnected", problem);
         }
         let paused = self
             .paused

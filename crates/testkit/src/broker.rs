@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use identity_link_worker::broker::connection::{connect, open_confirm_channel, queue_depth};
+use identity_link_worker::broker::connection::{connect_to, open_confirm_channel, queue_depth};
 use identity_link_worker::broker::publisher::Publisher;
-use identity_link_worker::config::AmqpUrl;
+use identity_link_worker::config::{AmqpUrl, BrokerTls};
 use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -25,11 +25,17 @@ pub fn amqp_url() -> String {
     std::env::var("LINKER_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
 }
 
-/// Connects to `url`; the error as text (the benchmark reports it).
+/// Connects to `url` (or the first node of a comma-separated list that
+/// answers); the error as text (the benchmark reports it).
 pub async fn try_connect(url: &str, name: &str) -> Result<Connection, String> {
-    connect(&AmqpUrl::new(url), name)
-        .await
-        .map_err(|e| e.to_string())
+    let mut failures = Vec::new();
+    for node in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match connect_to(&AmqpUrl::new(node), &BrokerTls::default(), name).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    Err(failures.join("; "))
 }
 
 /// A connection to [`amqp_url`]. A missing broker fails the run with a
