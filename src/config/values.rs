@@ -56,7 +56,7 @@ pub(super) fn broker_tls(
     cert_file: Option<String>,
     key_file: Option<String>,
 ) -> Result<BrokerTls, ConfigError> {
-    let pem = |variable: &'static str, path: Option<String>, kind: &str| {
+    let pem = |path: Option<String>, variable: &'static str, kind: &str| {
         let Some(path) = path.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()) else {
             return Ok(None);
         };
@@ -72,9 +72,9 @@ pub(super) fn broker_tls(
         }
         Ok(Some(path))
     };
-    let ca_file = pem("LINKER_AMQP_CA_FILE", ca_file, "CERTIFICATE")?;
-    let cert = pem("LINKER_AMQP_CLIENT_CERT_FILE", cert_file, "CERTIFICATE")?;
-    let key = pem("LINKER_AMQP_CLIENT_KEY_FILE", key_file, "PRIVATE KEY")?;
+    let ca_file = pem(ca_file, "LINKER_AMQP_CA_FILE", "CERTIFICATE")?;
+    let cert = pem(cert_file, "LINKER_AMQP_CLIENT_CERT_FILE", "CERTIFICATE")?;
+    let key = pem(key_file, "LINKER_AMQP_CLIENT_KEY_FILE", "PRIVATE KEY")?;
     let client_identity = match (cert, key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
