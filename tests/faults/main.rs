@@ -15,6 +15,7 @@
 
 mod bad_input;
 mod broker_faults;
+mod cluster;
 mod harness;
 mod poison;
 mod races;

@@ -7,36 +7,47 @@ use std::time::Duration;
 
 pub use testkit::broker::{broker, broker_at, depth};
 pub async fn rabbitmqctl(args: &[&str]) -> String {
+    ctl(&["rabbitmqctl"], args).await
+}
+
+/// Runs `program` (a rabbitmqctl command line, e.g. the cluster script's
+/// `ctl NODE`) with `args`; panics with its output if it fails.
+pub async fn ctl(program: &[&str], args: &[&str]) -> String {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new("rabbitmqctl")
+        tokio::process::Command::new(program[0])
+            .args(&program[1..])
             .args(args)
             .stdin(Stdio::null())
             .output(),
     )
     .await
-    .unwrap_or_else(|_| panic!("rabbitmqctl {args:?} timed out"))
+    .unwrap_or_else(|_| panic!("{program:?} {args:?} timed out"))
     .expect("run rabbitmqctl");
     assert!(
         output.status.success(),
-        "rabbitmqctl {args:?} failed: {}{}",
+        "{program:?} {args:?} failed: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `(ready, unacked)` per queue, from `rabbitmqctl list_queues`.
-pub async fn list_queues() -> HashMap<String, (u64, u64)> {
-    let out = rabbitmqctl(&[
-        "-q",
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-        "--formatter",
-        "json",
-    ])
+/// `(ready, unacked)` per queue, from `list_queues` of the rabbitmqctl
+/// command line `program` (the machine's broker, or a cluster node).
+pub async fn list_queues_via(program: &[&str]) -> HashMap<String, (u64, u64)> {
+    let out = ctl(
+        program,
+        &[
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "--formatter",
+            "json",
+        ],
+    )
     .await;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
     rows.iter()

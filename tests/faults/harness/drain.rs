@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use testkit::scrape::Scrape;
 
 use super::{
-    Event, ScanReport, Scenario, Tally, Worker, broker, dead_letters, depth, expected_links,
-    scrape, tally,
+    Event, ScanReport, Scenario, Tally, Worker, dead_letters, depth, expected_links, scrape, tally,
 };
 
 /// Waits until every expected link exists and nothing is left in the work
@@ -75,7 +74,7 @@ pub async fn settle_after_exit(scenario: &Scenario) -> BTreeMap<String, u32> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         counts = scenario.queue_counts().await;
     }
-    let connection = broker().await;
+    let connection = scenario.connect().await;
     let mut ready = BTreeMap::new();
     for queue in scenario.queues() {
         let n = depth(&connection, &queue).await;
@@ -88,15 +87,15 @@ pub async fn settle_after_exit(scenario: &Scenario) -> BTreeMap<String, u32> {
 pub async fn assert_queues_empty(scenario: &Scenario) {
     for (queue, ready) in settle_after_exit(scenario).await {
         if queue != scenario.topology.dead_letter && ready > 0 {
-            let left = peek(&queue, 5).await;
+            let left = peek(scenario, &queue, 5).await;
             panic!("{queue}: {ready} messages left, e.g. {left:#?}");
         }
     }
 }
 
 /// Up to `n` messages of `queue`, described (they stay in the queue).
-pub async fn peek(queue: &str, n: usize) -> Vec<String> {
-    let connection = broker().await;
+pub async fn peek(scenario: &Scenario, queue: &str, n: usize) -> Vec<String> {
+    let connection = scenario.connect().await;
     let seen = testkit::broker::peek(&connection, queue, n).await;
     let _ = connection.close(200, "peeked".into()).await;
     seen.iter()

@@ -7,6 +7,7 @@
 
 mod broker;
 mod circuit;
+mod cluster;
 mod drain;
 mod ledger;
 mod producer;
@@ -18,6 +19,7 @@ mod worker;
 
 pub use broker::*;
 pub use circuit::*;
+pub use cluster::*;
 pub use drain::*;
 pub use ledger::*;
 pub use producer::*;

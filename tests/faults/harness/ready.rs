@@ -113,6 +113,28 @@ impl ReadyRecorder {
         ready_since
     }
 
+    /// How long `/readyz` did not answer 200 between `from` and `to`.
+    pub fn unready_between(&self, from: Instant, to: Instant) -> Duration {
+        let all = self.transitions();
+        let mut total = Duration::ZERO;
+        // The answer in force at `from`: the last one before it.
+        let mut state: Option<(Instant, bool)> = all
+            .iter()
+            .rev()
+            .find(|t| t.at <= from)
+            .map(|t| (from, t.status == 200));
+        for t in all.iter().filter(|t| t.at > from && t.at < to) {
+            if let Some((since, false)) = state {
+                total += t.at.duration_since(since);
+            }
+            state = Some((t.at, t.status == 200));
+        }
+        if let Some((since, false)) = state {
+            total += to.saturating_duration_since(since);
+        }
+        total
+    }
+
     /// The first not-ready answer at or after `t`, and its reason.
     pub fn first_down_after(&self, t: Instant) -> Option<Transition> {
         self.transitions()

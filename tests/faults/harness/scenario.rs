@@ -11,7 +11,7 @@ use mos_sim::{MosSim, SimConfig};
 use testkit::names::{Vars, private_vars, random_hex, with};
 use testkit::worker::Private;
 
-use super::{ScanReport, Worker, broker_at, list_queues, scan};
+use super::{ScanReport, Worker, broker_at, list_queues_via, scan};
 
 /// One scenario's private world. The secret key and the identifier tag are
 /// random and distinctive, so the secret scan cannot be fooled by chance.
@@ -25,8 +25,11 @@ pub struct Scenario {
     pub topology: Topology,
     pub ops: SocketAddr,
     pub logs: LogDir,
-    /// The broker this scenario's workers and producers use.
+    /// The broker this scenario's workers and producers use (a cluster's
+    /// nodes as a comma-separated list).
     pub amqp_url: String,
+    /// The rabbitmqctl command line that reaches that broker.
+    pub ctl: Vec<String>,
     private: Private,
     cleaned: bool,
 }
@@ -79,6 +82,7 @@ impl Scenario {
             ops,
             logs: LogDir::new(name),
             amqp_url: amqp_url.to_owned(),
+            ctl: vec!["rabbitmqctl".to_owned()],
             private,
             cleaned: false,
         }
@@ -114,7 +118,8 @@ impl Scenario {
 
     /// Ready + unacked of every queue of the scenario, from the broker itself.
     pub async fn queue_counts(&self) -> BTreeMap<String, (u64, u64)> {
-        let all = list_queues().await;
+        let ctl: Vec<&str> = self.ctl.iter().map(String::as_str).collect();
+        let all = list_queues_via(&ctl).await;
         self.queues()
             .into_iter()
             .map(|q| {
