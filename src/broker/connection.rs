@@ -207,12 +207,15 @@ impl BrokerSession {
         let mut failures = Vec::new();
         for node in order.round() {
             match Self::open_on(broker, topology, node).await {
-                Ok(session) => return Ok(session),
+                Ok(session) => {
+                    if !failures.is_empty() {
+                        let passed_over = one_or_every(failures);
+                        tracing::warn!(error = %passed_over, "failed over past broker nodes that did not take the session");
+                    }
+                    return Ok(session);
+                }
                 Err(error) => {
                     metrics.count_connect_failure(&broker.amqp_urls[node].node());
-                    if broker.amqp_urls.len() > 1 {
-                        tracing::warn!(%error, "broker node did not take the session; trying the next");
-                    }
                     failures.push(error);
                 }
             }

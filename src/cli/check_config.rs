@@ -72,7 +72,7 @@ pub async fn run(config: &Config) -> ExitCode {
     for url in &config.broker.amqp_urls {
         match connect_to(url, &config.broker.tls, "identity-link-worker check-config").await {
             Ok(connection) => {
-                println!("broker: {} reachable", url.node());
+                println!("broker {}: reachable", url.node());
                 if !verified {
                     verified = true;
                     match topology.verify(&connection).await {
@@ -89,7 +89,7 @@ pub async fn run(config: &Config) -> ExitCode {
                 let _ = connection.close(200, "check-config done".into()).await;
             }
             Err(error) => {
-                println!("broker: {} UNREACHABLE: {error}", url.node());
+                println!("broker {}: UNREACHABLE: {error}", url.node());
                 ok = false;
             }
         }

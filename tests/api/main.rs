@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 mod log_pipe;
 mod metrics;
+mod nodes;
 mod outcomes;
 mod process;
 mod races;

@@ -132,10 +132,34 @@ async fn check_config_reaches_the_broker_and_endpoint_without_linking() {
     let output = command(&vars).arg("check-config").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("broker: reachable"), "{stdout}");
+    let node = identity_link_worker::config::AmqpUrl::new(testkit::broker::amqp_url()).node();
+    assert!(
+        stdout.contains(&format!("broker {node}: reachable")),
+        "{stdout}"
+    );
     assert!(stdout.contains("key accepted"), "{stdout}");
     assert_eq!(sim.stats().creates, 0, "check-config creates no link");
     assert!(!stdout.contains(KEY));
+
+    // Every listed node is checked: one that does not answer fails the check.
+    let list = format!(
+        "{},amqp://guest:guest@127.0.0.1:1/%2f",
+        testkit::broker::amqp_url()
+    );
+    let output = command(&with(vars.clone(), &[("LINKER_AMQP_URL", &list)]))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{listed}");
+    assert!(
+        listed.contains(&format!("broker {node}: reachable")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("broker 127.0.0.1:1: UNREACHABLE"),
+        "{listed}"
+    );
 
     sim.set_key("rotated");
     let output = command(&vars).arg("check-config").output().unwrap();

@@ -85,11 +85,19 @@ async fn reconnects(worker: &Worker) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a fault is given: the worker's node, the scenario's queues, the
+/// worker's operations address.
+struct Before {
+    node: &'static str,
+    topology: Topology,
+    ops: std::net::SocketAddr,
+}
+
 /// One worker under load while `fault` runs; then drained, tallied, and the
 /// summary printed. `fault` returns what it did, for the summary.
 async fn one_worker_under<F, Fut>(name: &'static str, title: &str, fault: F)
 where
-    F: FnOnce(&'static str, Topology) -> Fut,
+    F: FnOnce(Before) -> Fut,
     Fut: std::future::Future<Output = String>,
 {
     let cluster = Cluster::up().await;
@@ -102,7 +110,12 @@ where
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = node_of(&worker).await;
     let began = Instant::now();
-    let what = fault(before, scenario.topology.clone()).await;
+    let what = fault(Before {
+        node: before,
+        topology: scenario.topology.clone(),
+        ops: worker.ops,
+    })
+    .await;
     let restored = Instant::now();
     wait_for("ready after the fault", Duration::from_secs(90), || async {
         ready.ready_at_or_after(Instant::now()).is_some()
@@ -147,11 +160,11 @@ async fn s14_the_connected_node_is_killed() {
     one_worker_under(
         "s14-cluster-kill-connected",
         "14 cluster: connected node killed",
-        |node, _| async move {
+        |Before { node, .. }| async move {
             Cluster::kill(node).await;
             let killed = Instant::now();
             tokio::time::sleep(Duration::from_secs(12)).await;
-            Cluster::start(node).await;
+            Cluster::start(&[node]).await;
             format!(
                 "SIGKILL {node} (the worker's node), restarted after 12 s (back after {})",
                 secs(killed.elapsed())
@@ -168,14 +181,18 @@ async fn s15_the_work_queues_leader_is_stopped() {
     one_worker_under(
         "s15-cluster-stop-leader",
         "15 cluster: work queue leader stopped",
-        |worker_node, topology| async move {
+        |Before {
+            node: worker_node,
+            topology,
+            ..
+        }| async move {
             let leaders = leaders_of(&topology).await;
             let work_leader = leaders.work.clone();
             Cluster::stop(&work_leader).await;
             let stopped = Instant::now();
             tokio::time::sleep(Duration::from_secs(5)).await;
             let moved = leaders_of(&topology).await;
-            Cluster::start(&work_leader).await;
+            Cluster::start(&[&work_leader]).await;
             format!(
                 "stop {work_leader} (leader of the work queue and of {} of {} partitions; worker on {worker_node}), \
                  started after 5 s (back after {}); leaders then: work {}, partitions {:?}",
@@ -196,13 +213,15 @@ async fn s16_rolling_restart() {
     one_worker_under(
         "s16-cluster-rolling-restart",
         "16 cluster: rolling restart",
-        |worker_node, _| async move {
+        |Before {
+             node: worker_node, ..
+         }| async move {
             let mut took = Vec::new();
             for node in NODES {
                 let at = Instant::now();
                 Cluster::stop(node).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                Cluster::start(node).await;
+                Cluster::start(&[node]).await;
                 took.push(format!("{node} {}", secs(at.elapsed())));
             }
             format!(
@@ -214,14 +233,20 @@ async fn s16_rolling_restart() {
     .await;
 }
 
-/// 17: two nodes killed, so no queue has a majority: the worker is not
-/// ready, holds nothing, and comes back by itself once a majority is.
+/// 17: two nodes killed, so no queue has a majority and the third node
+/// pauses itself: the worker is not ready, and comes back by itself once a
+/// majority is. (Both are started together: a killed node that was not the
+/// last of the cluster to go waits for its peers while it boots.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s17_quorum_lost_then_back() {
     one_worker_under(
         "s17-cluster-quorum-lost",
         "17 cluster: two nodes down (no quorum)",
-        |worker_node, _| async move {
+        |Before {
+            node: worker_node,
+            ops,
+            ..
+        }| async move {
             // The worker's node and one other: the one left is in a minority
             // and pauses itself (pause_minority).
             let other = NODES
@@ -233,12 +258,21 @@ async fn s17_quorum_lost_then_back() {
             Cluster::kill(other).await;
             let killed = Instant::now();
             tokio::time::sleep(Duration::from_secs(10)).await;
-            Cluster::start(other).await;
-            let majority = killed.elapsed();
-            Cluster::start(worker_node).await;
+            // Nothing can be confirmed now: the worker must not be ready,
+            // nor hold a delivery it could not settle.
+            let during = scrape(ops).await.expect("the worker answers /metrics");
+            let answer = http_client()
+                .get(format!("http://{ops}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            assert_eq!(during.in_flight, 0, "nothing held while the quorum is lost");
+            assert_eq!(during.broker_connected, 0, "no session on a minority");
+            assert!(matches!(answer, Ok(503)), "not ready: {answer:?}");
+            Cluster::start(&[worker_node, other]).await;
             format!(
-                "SIGKILL {worker_node} and {other}; {other} started after 10 s (majority back after {}), {worker_node} after it",
-                secs(majority)
+                "SIGKILL {worker_node} (the worker's) and {other}; both started after 10 s (majority back after {})",
+                secs(killed.elapsed())
             )
         },
     )
@@ -280,7 +314,7 @@ async fn s18_three_replicas_while_a_node_dies() {
     let began = Instant::now();
     Cluster::kill(victim).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    Cluster::start(victim).await;
+    Cluster::start(&[victim]).await;
     let restored = began.elapsed();
     let republished = producing.await.expect("the producer");
     wait_drained(&scenario, &events, Duration::from_secs(180)).await;

@@ -84,9 +84,13 @@ impl Cluster {
         script(&["stop", node]).await;
     }
 
-    /// Starts the node; returns once it runs and takes connections.
-    pub async fn start(node: &str) {
-        script(&["start", node]).await;
+    /// Starts the nodes (together: a node that was not the last of its
+    /// peers to go waits for them while it boots); returns once they run
+    /// and take connections.
+    pub async fn start(nodes: &[&str]) {
+        let mut args = vec!["start"];
+        args.extend_from_slice(nodes);
+        script(&args).await;
     }
 
     /// The rabbitmqctl command line for `node`.
