@@ -15,20 +15,6 @@ fn sim() -> SimConfig {
     testkit::sim::latency(20)
 }
 
-/// Publishes `events` in the background at about 1 000 per second.
-fn produce(scenario: &Scenario, events: &[Event]) -> JoinHandle<usize> {
-    let mut producer = Producer::new(scenario);
-    let events = events.to_vec();
-    tokio::spawn(async move {
-        producer
-            .send_paced(&events, 100, Duration::from_millis(100))
-            .await;
-        let republished = producer.republished;
-        producer.close().await;
-        republished
-    })
-}
-
 /// A scenario under way: its worker ready, [`TOTAL`] events being
 /// published (the task yields how many the producer had to publish again).
 async fn start(
@@ -45,7 +31,7 @@ async fn start(
     let ready = ReadyRecorder::start(scenario.ops);
     let worker = scenario.spawn_worker("worker");
     worker.wait_ready(Duration::from_secs(30)).await;
-    let producing = produce(&scenario, &events);
+    let producing = produce_paced(&scenario, &events);
     (scenario, events, ready, worker, producing)
 }
 

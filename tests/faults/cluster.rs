@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::topology::Topology;
-use mos_sim::{Faults, SimConfig};
 use testkit::names::with;
 
 use crate::harness::*;
@@ -20,17 +19,6 @@ use crate::harness::*;
 /// Events per scenario, published at about 1 000/s: long enough to span
 /// the fault and the recovery.
 const TOTAL: usize = 4_000;
-
-fn sim() -> SimConfig {
-    SimConfig {
-        pause: Duration::from_millis(20),
-        faults: Faults {
-            latency_ms: 5,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    }
-}
 
 /// The scenario on the cluster: its topology declared, rabbitmqctl through c1.
 /// `FAULTS_CLUSTER_ONE_URL=1` gives the worker only c1's URL, as before the
@@ -42,24 +30,15 @@ async fn on_cluster(cluster: &Cluster, name: &'static str) -> Scenario {
     } else {
         cluster.urls.as_str()
     };
-    let mut scenario =
-        Scenario::on_broker(urls, name, sim(), &[("RUST_LOG", "debug,lapin=info")]).await;
+    let mut scenario = Scenario::on_broker(
+        urls,
+        name,
+        testkit::sim::race_window(),
+        &[("RUST_LOG", "debug,lapin=info")],
+    )
+    .await;
     scenario.ctl = Cluster::ctl("c1");
     scenario
-}
-
-/// Publishes `events` in the background, 100 every 100 ms.
-fn produce(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usize> {
-    let mut producer = Producer::new(scenario);
-    let events = events.to_vec();
-    tokio::spawn(async move {
-        producer
-            .send_paced(&events, 100, Duration::from_millis(100))
-            .await;
-        let republished = producer.republished;
-        producer.close().await;
-        republished
-    })
 }
 
 /// The node `worker`'s session is on now (waits for one).
@@ -74,16 +53,17 @@ async fn node_of(worker: &Worker) -> &'static str {
     }
 }
 
-/// `identity_linker_broker_reconnects_total` of `worker`.
-async fn reconnects(worker: &Worker) -> u64 {
+/// The sum of every series of counter `name` in `worker`'s `/metrics`.
+async fn counter(worker: &Worker, name: &str) -> u64 {
     worker
         .metrics()
         .await
-        .and_then(|m| {
+        .map(|m| {
             m.text
                 .lines()
-                .find_map(|l| l.strip_prefix("identity_linker_broker_reconnects_total "))
-                .and_then(|v| v.trim().parse().ok())
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
         })
         .unwrap_or(0)
 }
@@ -109,7 +89,7 @@ where
     let ready = ReadyRecorder::start(scenario.ops);
     let mut worker = scenario.spawn_worker("worker");
     worker.wait_ready(Duration::from_secs(60)).await;
-    let producing = produce(&scenario, &events);
+    let producing = produce_paced(&scenario, &events);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = node_of(&worker).await;
     let began = Instant::now();
@@ -126,7 +106,7 @@ where
     .await;
     let unready = ready.unready_between(began, Instant::now());
     let after = node_of(&worker).await;
-    let sessions = reconnects(&worker).await;
+    let sessions = counter(&worker, "identity_linker_broker_reconnects_total").await;
     let republished = producing.await.expect("the producer");
     let End { tally: t, scan, .. } =
         drain_and_tally(&scenario, &events, &mut worker, Duration::from_secs(180)).await;
@@ -310,7 +290,7 @@ async fn s18_three_replicas_while_a_node_dies() {
     for r in &replicas {
         *spread.entry(node_of(r).await).or_insert(0) += 1;
     }
-    let producing = produce(&scenario, &events);
+    let producing = produce_paced(&scenario, &events);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The node of replica a: at least one replica must fail over.
     let victim = node_of(&replicas[0]).await;
@@ -454,7 +434,7 @@ async fn tls_the_broker_is_verified_against_the_given_ca() {
         "/readyz says why: {detail}"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let failures = connect_failures(&untrusted).await;
+    let failures = counter(&untrusted, "identity_linker_broker_connect_failures_total").await;
     assert!(
         failures >= 2,
         "it keeps trying, counted ({failures} failures)"
@@ -547,18 +527,4 @@ async fn wait_for_unready_detail(worker: &Worker, limit: Duration) -> String {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn connect_failures(worker: &Worker) -> u64 {
-    worker
-        .metrics()
-        .await
-        .map(|m| {
-            m.text
-                .lines()
-                .filter_map(|l| l.strip_prefix("identity_linker_broker_connect_failures_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0)
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use identity_link_worker::broker::partitions::consumer_priority;
-use mos_sim::{Faults, SimConfig};
+
 use testkit::names::with;
 
 use crate::harness::*;
@@ -73,14 +73,7 @@ async fn scenario(broker: Broker, name: &'static str) -> Scenario {
     Scenario::on_broker(
         &broker.url(),
         name,
-        SimConfig {
-            pause: Duration::from_millis(20),
-            faults: Faults {
-                latency_ms: 5,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
+        testkit::sim::race_window(),
         &[
             ("LINKER_PARTITIONS", partitions.as_str()),
             // Debug, not trace: three replicas at trace write hundreds of MiB.

@@ -31,6 +31,15 @@ pub async fn remote_stats(http: &reqwest::Client, port: u16) -> Result<SimStats,
         .map_err(|e| format!("GET {url}: {e}"))
 }
 
+/// A simulator with a real 20 ms window between check and create (and 5 ms
+/// of latency): two calls for one visitor at once WOULD create a duplicate.
+pub fn race_window() -> SimConfig {
+    SimConfig {
+        pause: std::time::Duration::from_millis(20),
+        ..latency(5)
+    }
+}
+
 /// A simulator that adds `ms` of latency to every answer.
 pub fn latency(ms: u64) -> SimConfig {
     SimConfig {

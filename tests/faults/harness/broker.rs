@@ -14,7 +14,7 @@ pub async fn rabbitmqctl(args: &[&str]) -> String {
 /// `ctl NODE`) with `args`; panics with its output if it fails.
 pub async fn ctl(program: &[&str], args: &[&str]) -> String {
     let output = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         tokio::process::Command::new(program[0])
             .args(&program[1..])
             .args(args)

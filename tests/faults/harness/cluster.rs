@@ -2,8 +2,6 @@
 //! kill, stop and start its nodes, run rabbitmqctl on one.
 
 use std::collections::HashMap;
-use std::process::Stdio;
-use std::time::Duration;
 
 /// The script, from the repository (the tests run in its root).
 pub const CLUSTER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
@@ -24,24 +22,7 @@ pub struct Cluster {
 }
 
 async fn script(args: &[&str]) -> String {
-    let output = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new("bash")
-            .arg(CLUSTER_SCRIPT)
-            .args(args)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("rabbitmq-cluster {args:?} timed out"))
-    .expect("run scripts/rabbitmq-cluster");
-    assert!(
-        output.status.success(),
-        "rabbitmq-cluster {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    super::ctl(&["bash", CLUSTER_SCRIPT], args).await
 }
 
 impl Cluster {

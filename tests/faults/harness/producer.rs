@@ -112,3 +112,18 @@ impl Producer {
         }
     }
 }
+
+/// Publishes `events` in the background, 100 every 100 ms (about 1 000/s);
+/// the task yields how many the producer had to publish again.
+pub fn produce_paced(scenario: &Scenario, events: &[Event]) -> tokio::task::JoinHandle<usize> {
+    let mut producer = Producer::new(scenario);
+    let events = events.to_vec();
+    tokio::spawn(async move {
+        producer
+            .send_paced(&events, 100, Duration::from_millis(100))
+            .await;
+        let republished = producer.republished;
+        producer.close().await;
+        republished
+    })
+}
