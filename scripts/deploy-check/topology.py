@@ -186,20 +186,20 @@ def check() -> None:
         compose_yaml = yaml.safe_load(f)
     for svc_name, svc in compose_yaml.get("services", {}).items():
         env = svc.get("environment") or {}
-        url = env.get("LINKER_AMQP_URL") if isinstance(env, dict) else None
-        if not url:
-            continue
-        parts = urlsplit(url)
-        user, password = unquote(parts.username or ""), unquote(parts.password or "")
-        if user not in users:
-            problems.append(f"docker-compose.yml: {svc_name} logs in as {user!r}, "
-                            f"not a user of {rel(COMPOSE_FILE)}")
-        elif not check_password(password, users[user]["password_hash"]):
-            problems.append(f"docker-compose.yml: {svc_name}'s password for {user!r} does not "
-                            f"match the hash in {rel(COMPOSE_FILE)}")
-        if unquote(parts.path.lstrip("/")) != VHOST:
-            problems.append(f"docker-compose.yml: {svc_name} uses vhost "
-                            f"{unquote(parts.path.lstrip('/'))!r}, definitions are for '/'")
+        urls = env.get("LINKER_AMQP_URL") if isinstance(env, dict) else None
+        # One URL, or a cluster's nodes separated by commas (the cluster profile).
+        for url in (u.strip() for u in (urls or "").split(",") if u.strip()):
+            parts = urlsplit(url)
+            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            if user not in users:
+                problems.append(f"docker-compose.yml: {svc_name} logs in as {user!r}, "
+                                f"not a user of {rel(COMPOSE_FILE)}")
+            elif not check_password(password, users[user]["password_hash"]):
+                problems.append(f"docker-compose.yml: {svc_name}'s password for {user!r} does "
+                                f"not match the hash in {rel(COMPOSE_FILE)}")
+            if unquote(parts.path.lstrip("/")) != VHOST:
+                problems.append(f"docker-compose.yml: {svc_name} uses vhost "
+                                f"{unquote(parts.path.lstrip('/'))!r}, definitions are for '/'")
     fail_if(problems, "RabbitMQ definitions")
     print(f"{rel(TOPOLOGY_FILE)}: {len(topology['exchanges'])} exchanges, "
           f"{len(topology['queues'])} queues, {len(topology['bindings'])} bindings as the worker "
