@@ -19,7 +19,7 @@ use crate::broker::settle::Pipeline;
 use crate::broker::topology::Topology;
 use crate::config::{AmqpUrl, Config};
 use crate::handler::Handler;
-use crate::link::{Circuit, LinkClient, LinkedCache, Linker, probe_loop};
+use crate::link::{Circuit, Flow, LinkClient, LinkedCache, Linker, probe_loop};
 use crate::ops::http;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
@@ -68,8 +68,14 @@ impl Application {
             readiness.clone(),
         ));
         let client = LinkClient::new(&config.link, metrics.clone()).map_err(StartError::Client)?;
+        let flow = Flow::new(
+            config.link.concurrency.get(),
+            config.link.max_requests_per_second,
+            metrics.clone(),
+        );
         let linker = Arc::new(Linker::new(
             client,
+            flow,
             LinkedCache::new(config.link.linked_cache_size, config.link.linked_cache_ttl),
             circuit.clone(),
             metrics.clone(),

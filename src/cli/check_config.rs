@@ -127,6 +127,10 @@ async fn probe_endpoint(config: &Config) -> Result<String, String> {
     Err(match error.verdict {
         Verdict::KeyRefused => format!("KEY REFUSED (HTTP {status})"),
         Verdict::RetryAfter(_) => format!("UNAVAILABLE: {}", error.message),
+        Verdict::RateLimited(after) => format!(
+            "RATE LIMITED (HTTP {status}, retry after {}s): try again later",
+            after.as_secs()
+        ),
         // Another 4xx to an empty request: not the Link Identities workflow.
         Verdict::Reject => format!("UNEXPECTED ANSWER: {}", error.message),
     })

@@ -17,8 +17,8 @@ pub use self::secret::{AmqpUrl, SecretKey};
 pub use self::values::parse_duration;
 use self::values::{
     amqp_urls, at_least_one, body_limit, boolean, broker_tls, duration, endpoint_url, list, name,
-    non_zero, number, optional_count, parsed, partitions, pointers, positive_duration, replica_id,
-    retry_ladder, secret_key,
+    non_zero, number, optional_count, optional_rate, parsed, partitions, pointers,
+    positive_duration, replica_id, retry_ladder, secret_key,
 };
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
@@ -129,8 +129,12 @@ pub struct LinkConfig {
     pub secret_key: SecretKey,
     /// `LINKER_HTTP_TIMEOUT`, default 5s.
     pub http_timeout: Duration,
-    /// `LINKER_CONCURRENCY`, default 128: messages (and so link calls) handled at once.
+    /// `LINKER_CONCURRENCY`, default 128: messages handled at once, and the
+    /// ceiling of the adaptive limit on link calls in flight.
     pub concurrency: NonZeroUsize,
+    /// `LINKER_MAX_REQUESTS_PER_SECOND`, default unset: a fixed pace of link
+    /// calls, per process.
+    pub max_requests_per_second: Option<NonZeroU32>,
     /// `LINKER_LINKED_CACHE_TTL`, default 10m.
     pub linked_cache_ttl: Duration,
     /// `LINKER_LINKED_CACHE_SIZE`, default 100000 (0 turns the cache off).
@@ -223,6 +227,7 @@ struct RawEnv {
     partitions: Option<String>,
     replica_id: Option<String>,
     concurrency: Option<String>,
+    max_requests_per_second: Option<String>,
     log_format: Option<String>,
     log_identifiers: Option<String>,
     shutdown_grace: Option<String>,
@@ -375,6 +380,7 @@ impl LinkConfig {
             endpoint_url,
             secret_key,
             concurrency,
+            max_requests_per_second: optional_rate(raw.max_requests_per_second.clone())?,
             linked_cache_size: number(
                 "LINKER_LINKED_CACHE_SIZE",
                 raw.linked_cache_size.clone(),

@@ -1,7 +1,7 @@
 //! Parsers for one variable each: every error names its variable.
 
 use std::fmt;
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,6 +95,20 @@ pub(super) fn broker_tls(
         ca_file,
         client_identity,
     })
+}
+
+/// `LINKER_MAX_REQUESTS_PER_SECOND`: unset (or empty) is no fixed pace.
+pub(super) fn optional_rate(value: Option<String>) -> Result<Option<NonZeroU32>, ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(text) => non_zero(
+            "LINKER_MAX_REQUESTS_PER_SECOND",
+            Some(text),
+            NonZeroU32::MIN,
+            "must be at least 1 (unset means no fixed pace)",
+        )
+        .map(Some),
+    }
 }
 
 /// An optional count: unset (or empty) is `None`, `0` is refused.

@@ -8,7 +8,7 @@ use mos_sim::{Faults, MosSim, SimConfig};
 use super::*;
 use crate::config::Config;
 use crate::domain::DeadLetterReason;
-use crate::link::{LinkClient, LinkedCache};
+use crate::link::{Flow, LinkClient, LinkedCache};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::ops::telemetry::LogCapture;
@@ -49,6 +49,7 @@ async fn fixture(faults: Faults) -> Fixture {
     ));
     let linker = Arc::new(Linker::new(
         LinkClient::new(&config.link, metrics.clone()).unwrap(),
+        Flow::new(config.link.concurrency.get(), None, metrics.clone()),
         LinkedCache::new(config.link.linked_cache_size, config.link.linked_cache_ttl),
         circuit.clone(),
         metrics,

@@ -17,6 +17,8 @@ use crate::ops::metrics::Metrics;
 const MAX_BODY_IN_ERROR: usize = 300;
 /// A Retry-After is honoured up to 60 s.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The pause after a 429 that says not for how long.
+pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -225,12 +227,14 @@ fn classify(
             _ => LinkResult::Linked,
         });
     }
-    let verdict = match code {
-        401 | 403 => Verdict::KeyRefused,
-        408 | 429 | 500..=599 => Verdict::RetryAfter(retry_after),
-        400..=499 => Verdict::Reject,
+    let verdict = match (code, retry_after) {
+        (401 | 403, _) => Verdict::KeyRefused,
+        (429, after) => Verdict::RateLimited(after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)),
+        (503, Some(after)) => Verdict::RateLimited(after),
+        (408 | 500..=599, after) => Verdict::RetryAfter(after),
+        (400..=499, _) => Verdict::Reject,
         // 1xx/3xx: a proxy or a wrong URL; not the message's fault, so retry.
-        _ => Verdict::RetryAfter(retry_after),
+        (_, after) => Verdict::RetryAfter(after),
     };
     Err(CallError {
         verdict,
@@ -299,8 +303,19 @@ mod tests {
         let err = |code: u16| {
             classify(StatusCode::from_u16(code).unwrap(), None, true, b"{}", "k").unwrap_err()
         };
-        for code in [408, 429, 500, 502, 503, 504, 302] {
+        for code in [408, 500, 502, 503, 504, 302] {
             assert_eq!(err(code).verdict, Verdict::RetryAfter(None), "{code}");
+        }
+        // A rate limit is its own verdict; a 503 only when it says how long.
+        assert_eq!(
+            err(429).verdict,
+            Verdict::RateLimited(DEFAULT_RATE_LIMIT_PAUSE)
+        );
+        let later = Some(Duration::from_secs(3));
+        for code in [429, 503] {
+            let error =
+                classify(StatusCode::from_u16(code).unwrap(), later, true, b"{}", "k").unwrap_err();
+            assert_eq!(error.verdict, Verdict::RateLimited(Duration::from_secs(3)));
         }
         for code in [400, 404, 409, 422] {
             assert_eq!(err(code).verdict, Verdict::Reject, "{code}");

@@ -18,6 +18,11 @@ pub enum Verdict {
     Reject,
     /// 401/403: the key is refused; no message is at fault.
     KeyRefused,
+    /// 429, or 503 with `Retry-After`: the endpoint asks every caller to
+    /// slow down. Not a failure of this message: the whole process pauses
+    /// for the time given (`flow.rs`) and the call is made again, spending
+    /// no retry and not counting towards the circuit.
+    RateLimited(Duration),
 }
 
 /// Why a call did not succeed, already classified into its [`Verdict`].
@@ -53,6 +58,7 @@ impl CallError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self.verdict {
             Verdict::RetryAfter(after) => after,
+            Verdict::RateLimited(after) => Some(after),
             _ => None,
         }
     }
@@ -74,7 +80,8 @@ impl TargetHealth {
             Ok(_) => TargetHealth::Up,
             Err(error) => match error.verdict {
                 Verdict::RetryAfter(_) => TargetHealth::Unavailable,
-                Verdict::Reject => TargetHealth::Up,
+                // It answered: busy is not down.
+                Verdict::Reject | Verdict::RateLimited(_) => TargetHealth::Up,
                 Verdict::KeyRefused => TargetHealth::KeyRefused,
             },
         }
@@ -129,8 +136,11 @@ pub fn after_failure(
         },
         Verdict::KeyRefused => Outcome::HandBack { error: message },
         // An outage must not burn the message's retry ladder.
-        Verdict::RetryAfter(_) if circuit_open => Outcome::HandBack { error: message },
-        Verdict::RetryAfter(_) => match ladder.next(attempts) {
+        Verdict::RetryAfter(_) | Verdict::RateLimited(_) if circuit_open => {
+            Outcome::HandBack { error: message }
+        }
+        // Rate limited for longer than the single flight waits (`flow::PATIENCE`).
+        Verdict::RetryAfter(_) | Verdict::RateLimited(_) => match ladder.next(attempts) {
             Some(step) => Outcome::Retry {
                 error: message,
                 step,

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::cache::LinkedCache;
 use super::circuit::Circuit;
 use super::client::LinkClient;
+use super::flow::{self, Flow};
 use super::policy;
 use super::policy::{CallError, Verdict};
 use super::probe::EndpointCheck;
@@ -39,6 +40,7 @@ const SHARDS: usize = 16;
 
 pub struct Linker {
     client: LinkClient,
+    flow: Flow,
     check: Arc<EndpointCheck>,
     cache: LinkedCache,
     circuit: Arc<Circuit>,
@@ -76,6 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Linker {
     pub fn new(
         client: LinkClient,
+        flow: Flow,
         cache: LinkedCache,
         circuit: Arc<Circuit>,
         metrics: Arc<Metrics>,
@@ -84,6 +87,7 @@ impl Linker {
         Self {
             check: Arc::new(EndpointCheck::new(client.clone())),
             client,
+            flow,
             cache,
             circuit,
             metrics,
@@ -99,6 +103,10 @@ impl Linker {
 
     pub fn client(&self) -> &LinkClient {
         &self.client
+    }
+
+    pub fn flow(&self) -> &Flow {
+        &self.flow
     }
 
     /// The visitor-less check, shared with the circuit's probe.
@@ -193,7 +201,29 @@ impl Linker {
         }
     }
 
+    /// The call, its in-process retries, and waiting out rate limits: those
+    /// spend no retry; past [`flow::PATIENCE`] the message takes the ladder.
     async fn call_with_retries(
+        &self,
+        event: &LinkEvent,
+        request_id: &str,
+    ) -> Result<LinkResult, CallError> {
+        let patient_until = Instant::now() + flow::PATIENCE;
+        loop {
+            let result = self.call_with_backoff(event, request_id).await;
+            match &result {
+                Err(error)
+                    if matches!(error.verdict, Verdict::RateLimited(_))
+                        && Instant::now() < patient_until =>
+                {
+                    tracing::debug!(%error, "rate limited: waiting with every other call");
+                }
+                _ => return result,
+            }
+        }
+    }
+
+    async fn call_with_backoff(
         &self,
         event: &LinkEvent,
         request_id: &str,
@@ -204,8 +234,10 @@ impl Linker {
             .with_factor(2.0)
             .with_max_times(self.immediate_retries);
         let attempt = || async {
+            let turn = self.flow.turn().await;
             let sent = Instant::now();
             let mut result = self.client.link(event, request_id).await;
+            turn.done(&result, sent.elapsed());
             if let Err(refused) = &result
                 && refused.verdict == Verdict::KeyRefused
             {

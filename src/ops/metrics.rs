@@ -79,6 +79,11 @@ pub struct Metrics {
     pub broker_reconnects: Counter,
     broker_connect_failures: Family<NodeLabels, Counter>,
     pub circuit_open: Gauge,
+    /// The adaptive limit on link calls in flight (`link::flow`).
+    pub concurrency_limit: Gauge,
+    /// 429s (and 503s with `Retry-After`) that paused the process.
+    pub rate_limited: Counter,
+    pub rate_limit_paused_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Mirrors [`telemetry::dropped_lines`] at each scrape.
     log_lines_dropped: Counter,
 }
@@ -227,6 +232,24 @@ impl Metrics {
             "1 while the circuit is open (key refused or target down)",
             circuit_open.clone(),
         );
+        let concurrency_limit = Gauge::default();
+        registry.register(
+            "identity_linker_concurrency_limit",
+            "Link calls allowed in flight now: the adaptive limit, at most LINKER_CONCURRENCY",
+            concurrency_limit.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "identity_linker_rate_limited",
+            "Answers that asked the process to slow down (429, or 503 with Retry-After)",
+            rate_limited.clone(),
+        );
+        let rate_limit_paused_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "identity_linker_rate_limit_paused_seconds",
+            "Time new link calls were paused by rate limits",
+            rate_limit_paused_seconds.clone(),
+        );
         let log_lines_dropped = Counter::default();
         registry.register(
             "identity_linker_log_lines_dropped",
@@ -269,6 +292,9 @@ impl Metrics {
             broker_reconnects,
             broker_connect_failures,
             circuit_open,
+            concurrency_limit,
+            rate_limited,
+            rate_limit_paused_seconds,
             log_lines_dropped,
         }
     }
@@ -450,6 +476,9 @@ mod tests {
             "identity_linker_broker_reconnects_total",
             "identity_linker_broker_connect_failures_total",
             "identity_linker_circuit_open",
+            "identity_linker_concurrency_limit",
+            "identity_linker_rate_limited_total",
+            "identity_linker_rate_limit_paused_seconds_total",
             "identity_linker_build_info",
             "identity_linker_log_lines_dropped_total",
         ] {
