@@ -1,4 +1,4 @@
-// MonetizationOS endpoint workflow "Link Identities" (POST /link-identities,
+// MonetizationOS Endpoint workflow "Link Identities" (POST /link-identities,
 // access level Secret Key), the default target of identity-link-worker.
 //
 // Request body: {"anonymousIdentifier": "...", "userIdentifier": "..."}
@@ -9,14 +9,32 @@
 //   400 {"message":"..."}                                 missing or malformed fields
 //                                                         (the worker dead-letters it as
 //                                                         `rejected`, it never retries a 400)
-// Any other failure (the platform call throws) surfaces as a 5xx, which the
-// worker retries. The check-then-create is idempotent per (anonymous, user)
-// pair, so the worker's at-least-once retries never create a duplicate link
-// (the worker also never runs two calls for one anonymous identifier at once).
+//   503 {"message":"..."}                                 reading or creating the link failed
+//                                                         (the worker retries any 5xx)
+//
+// The platform calls (utils.identity, see workflow-types.d.ts for the pages
+// each one comes from):
+//   utils.identity.getLinkedTargets({ identifier: <anonymous>, userType: "anonymous" })
+//   utils.identity.createLink({ strategy: "copy_once",
+//                               source: { identifier: <anonymous>, userType: "anonymous" },
+//                               target: { identifier: <user>, userType: "authenticated" },
+//                               reason: "conversion" })
+// The names the docs we could read do not confirm (createLink, strategy,
+// reason, link.target) are listed in README.md, "What the docs leave open".
+//
+// Check-then-create is idempotent per (anonymous, user) pair when calls for
+// one pair do not overlap, so the worker's at-least-once retries never create
+// a duplicate link; the worker never runs two calls for one anonymous
+// identifier at once. Two overlapping calls for one new pair could both
+// create (README.md, Notes).
 //
 // Setup: deploy/monetizationos/README.md. When pasting into the editor, replace
 // the import line below with the editor's own workflow-types import.
-import type { EndpointWorkflow, IdentityLink } from "./workflow-types";
+import type {
+  CreateIdentityLinkArgs,
+  EndpointWorkflow,
+  WorkflowUserIdentifier,
+} from "./workflow-types";
 
 interface LinkIdentitiesPayload {
   anonymousIdentifier?: unknown;
@@ -26,6 +44,8 @@ interface LinkIdentitiesPayload {
 export type LinkOutcome = "created" | "already_linked";
 
 const REQUIRED_MESSAGE = "'anonymousIdentifier' and 'userIdentifier' are required";
+const NOT_AN_OBJECT_MESSAGE = "the request body must be a JSON object";
+const UNAVAILABLE_MESSAGE = "the identity link could not be checked or created; try again";
 
 function badRequest(message: string): Response {
   return Response.json({ message }, { status: 400 });
@@ -35,19 +55,29 @@ function success(outcome: LinkOutcome): Response {
   return Response.json({ message: "Success", outcome });
 }
 
+// The Endpoint Workflows page documents the Response a workflow returns, not
+// what the platform answers when a workflow throws; so a failed platform call
+// is answered here, with a status the worker retries. Logged without the
+// identifiers or the error's text (which may quote them).
+function unavailable(step: "check" | "create", error: unknown): Response {
+  const kind = error instanceof Error ? error.name : typeof error;
+  console.error(`link-identities: the ${step} step failed (${kind})`);
+  return Response.json({ message: UNAVAILABLE_MESSAGE }, { status: 503 });
+}
+
 function isNonEmptyString(value: unknown): value is string {
   return typeof value === "string" && value.trim() !== "";
 }
 
-const linkIdentities: EndpointWorkflow = async ({ request, sdk }) => {
+const linkIdentities: EndpointWorkflow = async ({ request, utils }) => {
   let payload: unknown;
   try {
     payload = await request.json();
   } catch {
-    return badRequest("the request body must be a JSON object");
+    return badRequest(NOT_AN_OBJECT_MESSAGE);
   }
   if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
-    return badRequest("the request body must be a JSON object");
+    return badRequest(NOT_AN_OBJECT_MESSAGE);
   }
 
   const { anonymousIdentifier, userIdentifier } = payload as LinkIdentitiesPayload;
@@ -55,24 +85,33 @@ const linkIdentities: EndpointWorkflow = async ({ request, sdk }) => {
     return badRequest(REQUIRED_MESSAGE);
   }
 
-  // Check first: links from this anonymous identity.
-  const links: IdentityLink[] = await sdk.identityLinks.list({
-    identifier: anonymousIdentifier,
-    type: "anonymous",
-  });
+  const source: WorkflowUserIdentifier = { identifier: anonymousIdentifier, userType: "anonymous" };
 
-  // Already linked to this user: avoid a duplicate link between the two.
-  if (links.some((link) => link.target.identifier === userIdentifier)) {
+  // Check first: the links whose source is this anonymous identity. Already
+  // linked to this user: nothing to do (no duplicate link between the two).
+  let alreadyLinked: boolean;
+  try {
+    const links = await utils.identity.getLinkedTargets(source);
+    alreadyLinked = links.some((link) => link.target.identifier === userIdentifier);
+  } catch (error) {
+    return unavailable("check", error);
+  }
+  if (alreadyLinked) {
     return success("already_linked");
   }
 
   // Create only where none exists.
-  await sdk.identityLinks.create({
-    type: "copy_once",
-    source: { identifier: anonymousIdentifier, type: "anonymous" },
-    target: { identifier: userIdentifier, type: "authenticated" },
+  const link: CreateIdentityLinkArgs = {
+    strategy: "copy_once",
+    source,
+    target: { identifier: userIdentifier, userType: "authenticated" },
     reason: "conversion",
-  });
+  };
+  try {
+    await utils.identity.createLink(link);
+  } catch (error) {
+    return unavailable("create", error);
+  }
 
   return success("created");
 };
