@@ -8,7 +8,9 @@
 //! has to prevent, and the counters let tests prove whether it did.
 //!
 //! Faults (latency, status sequences, random failures, dropped connections,
-//! a revoked key) can be set at start and changed at run time, either through
+//! a revoked key, a token-bucket rate limit answering 429, a capacity model
+//! whose latency grows past `max_in_flight` and that answers 503 past
+//! `hard_limit`; formulas in [`Faults`]' module docs) can be set at start and changed at run time, either through
 //! [`MosSim`] in-process or through the `/_sim/*` control routes. Those routes
 //! have no auth (anyone who reaches them can read the links, change the key or
 //! reset the store), so they are served only when [`SimConfig::control_routes`]
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use faults::{Faults, RateFault, RefuseFault};
+pub use faults::{Capacity, Faults, RateFault, RateLimit, RefuseFault};
 pub use server::MosSim;
 pub use store::SimLink;
 
@@ -95,12 +97,25 @@ impl fmt::Debug for SimConfig {
 /// dropped ones included; `statuses` counts the responses actually sent, so
 /// `requests - sum(statuses)` is the number of dropped (or still running)
 /// requests. `links` is the number of links currently stored.
+///
+/// `rate_limited` counts the 429s of [`RateLimit`] and `overloaded` the 503s
+/// of [`Capacity`]'s hard limit (both also in `statuses`; injected 429s and
+/// 503s are not in them). `in_flight` is the number of link requests past
+/// the rate limiter whose answer is not out yet (a gauge, tracked with or
+/// without a capacity, not cleared by a reset) and `max_in_flight_seen` its
+/// peak, i.e. the highest concurrency a client reached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+// Counters added later read as 0 from an older sim's JSON.
+#[serde(default)]
 pub struct SimStats {
     pub requests: u64,
     pub creates: u64,
     pub duplicates: u64,
     pub already_linked: u64,
+    pub rate_limited: u64,
+    pub overloaded: u64,
+    pub in_flight: u64,
+    pub max_in_flight_seen: u64,
     pub links: u64,
     pub statuses: BTreeMap<String, u64>,
 }

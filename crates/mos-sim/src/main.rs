@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
-use mos_sim::{Faults, MosSim, RateFault, SimConfig};
+use mos_sim::{Capacity, Faults, MosSim, RateFault, RateLimit, SimConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Simulated MonetizationOS Link Identities endpoint with fault injection.
@@ -20,6 +20,10 @@ use tracing_subscriber::EnvFilter;
 /// GET /healthz is always served. Control routes (no auth), only with
 /// --control: GET /_sim/stats, GET /_sim/links, GET|PUT|DELETE /_sim/faults,
 /// PUT /_sim/key, POST /_sim/reset, GET /_sim/healthz.
+///
+/// Per link request: --rate-limit (429 at once), then --capacity (503 at
+/// once past --capacity-hard-limit, extra latency past --capacity), then
+/// --latency/--jitter, --statuses, --fail-rate, --drop/--drop-rate, the key.
 #[derive(Parser)]
 #[command(name = "mos-sim", version)]
 // A subcommand needs no key: `mos-sim healthcheck` runs in the sim's own
@@ -100,9 +104,48 @@ struct Args {
     #[arg(long, env = "MOS_SIM_DROP_RATE", default_value_t = 0.0)]
     drop_rate: f64,
 
-    /// Retry-After seconds sent with 429 answers.
+    /// Retry-After seconds sent with injected 429 answers (--statuses, --fail-rate).
     #[arg(long, env = "MOS_SIM_RETRY_AFTER", default_value_t = 1)]
     retry_after: u64,
+
+    /// Token-bucket rate limit over all link requests, per second (fractions allowed).
+    ///
+    /// The bucket holds --rate-limit-burst tokens, starts full and refills
+    /// continuously at this rate; each request takes one. A request that finds
+    /// none is answered 429 {"message":"Too Many Requests"} at once (before the
+    /// latency and the key) with Retry-After: max(1, ceil((1 - tokens) /
+    /// rate)), whole seconds. Over t seconds at most burst + rate * t pass.
+    #[arg(long, env = "MOS_SIM_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+
+    /// Size of the rate limit's bucket: how many requests pass at once. Default: ceil(--rate-limit), at least 1.
+    #[arg(long, env = "MOS_SIM_RATE_LIMIT_BURST", requires = "rate_limit")]
+    rate_limit_burst: Option<u32>,
+
+    /// Backend capacity: requests in flight served with the normal latency.
+    ///
+    /// With n link requests in flight at a request's arrival (itself included),
+    /// its delay is latency + jitter + max(0, n - capacity) *
+    /// --capacity-extra-latency; past --capacity-hard-limit it is answered 503
+    /// {"message":"Service Unavailable"} at once.
+    #[arg(long, env = "MOS_SIM_CAPACITY")]
+    capacity: Option<u32>,
+
+    /// Delay added per request in flight beyond --capacity.
+    ///
+    /// Default: --latency / --capacity, a backend serving --capacity at a time:
+    /// throughput then stays flat at capacity / latency however many callers
+    /// there are, and only latency grows. More makes throughput fall.
+    #[arg(long, env = "MOS_SIM_CAPACITY_EXTRA_LATENCY", requires = "capacity", value_parser = humantime::parse_duration)]
+    capacity_extra_latency: Option<Duration>,
+
+    /// More than this many link requests in flight: 503 at once. Default: no hard limit.
+    #[arg(long, env = "MOS_SIM_CAPACITY_HARD_LIMIT", requires = "capacity")]
+    capacity_hard_limit: Option<u32>,
+
+    /// Retry-After seconds sent with the capacity's 503s. Default: no Retry-After.
+    #[arg(long, env = "MOS_SIM_CAPACITY_RETRY_AFTER", requires = "capacity")]
+    capacity_retry_after: Option<u64>,
 
     /// Serve the /_sim/* control routes (no auth: anyone who reaches the port
     /// can read the links, change faults and the key, reset). Off: /_sim/* is 404.
@@ -150,6 +193,22 @@ impl Args {
         if secret_key.is_empty() {
             return Err("the secret key must not be empty".to_owned());
         }
+        let rate_limit = self.rate_limit.map(|per_second| RateLimit {
+            per_second,
+            // `as` saturates, and NaN gives 0 (refused by `validate` anyway).
+            burst: self
+                .rate_limit_burst
+                .unwrap_or((per_second.ceil() as u32).max(1)),
+        });
+        let capacity = self.capacity.map(|max_in_flight| Capacity {
+            max_in_flight,
+            latency_per_extra_ms: match self.capacity_extra_latency {
+                Some(extra) => extra.as_secs_f64() * 1000.0,
+                None => self.latency.as_secs_f64() * 1000.0 / f64::from(max_in_flight.max(1)),
+            },
+            hard_limit: self.capacity_hard_limit.unwrap_or(u32::MAX),
+            retry_after_secs: self.capacity_retry_after,
+        });
         let faults = Faults {
             latency_ms: millis(self.latency),
             jitter_ms: millis(self.jitter),
@@ -160,6 +219,8 @@ impl Args {
             retry_after_secs: self.retry_after,
             retry_after_http_date: false,
             refuse: None,
+            rate_limit,
+            capacity,
         };
         faults.validate()?;
         Ok(SimConfig {
@@ -248,6 +309,98 @@ mod tests {
         let config = |args: &[&str]| parse(args).args.into_config().unwrap();
         assert!(!config(&["--key", "k"]).control_routes);
         assert!(config(&["--key", "k", "--control"]).control_routes);
+    }
+
+    #[test]
+    fn rate_limit_and_capacity_flags() {
+        let faults = |args: &[&str]| {
+            let args = ["--key", "k"]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect::<Vec<_>>();
+            parse(&args).args.into_config().map(|c| c.faults)
+        };
+        let set = faults(&[
+            "--rate-limit",
+            "200",
+            "--rate-limit-burst",
+            "20",
+            "--latency",
+            "10ms",
+            "--capacity",
+            "64",
+            "--capacity-extra-latency",
+            "500us",
+            "--capacity-hard-limit",
+            "256",
+            "--capacity-retry-after",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            set.rate_limit,
+            Some(RateLimit {
+                per_second: 200.0,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            set.capacity,
+            Some(Capacity {
+                max_in_flight: 64,
+                latency_per_extra_ms: 0.5,
+                hard_limit: 256,
+                retry_after_secs: Some(3),
+            })
+        );
+
+        // Defaults: one second's worth of burst; extra latency that keeps
+        // throughput flat; no hard limit; no Retry-After.
+        let defaults = faults(&[
+            "--rate-limit",
+            "2.5",
+            "--latency",
+            "40ms",
+            "--capacity",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(defaults.rate_limit.unwrap().burst, 3);
+        let cap = defaults.capacity.unwrap();
+        assert_eq!(cap.latency_per_extra_ms, 5.0);
+        assert_eq!(cap.hard_limit, u32::MAX);
+        assert_eq!(cap.retry_after_secs, None);
+        let none = faults(&[]).unwrap();
+        assert_eq!((none.rate_limit, none.capacity), (None, None));
+
+        for bad in [
+            &["--rate-limit", "0"][..],
+            &["--rate-limit", "5", "--rate-limit-burst", "0"],
+            &["--capacity", "8", "--capacity-hard-limit", "4"],
+            &["--capacity", "0"],
+        ] {
+            assert!(faults(bad).is_err(), "{bad:?}");
+        }
+        // The details need their main flag.
+        for orphan in [
+            &["--key", "k", "--rate-limit-burst", "5"][..],
+            &["--key", "k", "--capacity-hard-limit", "5"],
+        ] {
+            let args = std::iter::once("mos-sim").chain(orphan.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{orphan:?}");
+        }
+
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for text in [
+            "--rate-limit-burst",
+            "--capacity-hard-limit",
+            "Retry-After: max(1",
+        ] {
+            assert!(help.contains(text), "{text} missing from --help");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::faults::{Action, Decision, Faults};
-use super::state::{Counters, Shared};
+use super::state::{Admission, Counters, Shared};
 
 /// Put in each request's extensions by the server: cancelling it makes the
 /// connection task drop the connection without answering.
@@ -91,7 +91,23 @@ fn answer_message(shared: &Shared, status: StatusCode, text: &str) -> Response {
 async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     Counters::bump(&shared.counters.requests);
 
-    if let Some(decision) = shared.decide_fault() {
+    // The gateway's rate limit, then the backend's capacity, both answered
+    // at once (no latency). `_in_flight` counts this request until it ends.
+    let (_in_flight, decision) = match shared.admit() {
+        Admission::RateLimited { retry_after_secs } => {
+            return rate_limited(&shared, retry_after_secs);
+        }
+        Admission::Overloaded {
+            in_flight: _in_flight,
+            retry_after_secs,
+        } => return overloaded(&shared, retry_after_secs),
+        Admission::Admitted {
+            in_flight,
+            decision,
+        } => (in_flight, decision),
+    };
+
+    if let Some(decision) = decision {
         if !decision.delay.is_zero() {
             tokio::time::sleep(decision.delay).await;
         }
@@ -166,6 +182,32 @@ async fn link_identities(State(shared): State<Arc<Shared>>, req: Request) -> Res
         CREATED
     };
     answer(&shared, StatusCode::OK, body)
+}
+
+/// The rate limiter's 429: `Retry-After` in whole seconds, as real APIs send it.
+fn rate_limited(shared: &Shared, retry_after_secs: u64) -> Response {
+    Counters::bump(&shared.counters.rate_limited);
+    let mut response = answer_message(shared, StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// The capacity's 503, with `Retry-After` only if one is configured.
+fn overloaded(shared: &Shared, retry_after_secs: Option<u64>) -> Response {
+    Counters::bump(&shared.counters.overloaded);
+    let mut response = answer_message(
+        shared,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+    );
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 fn fault_response(shared: &Shared, code: u16, decision: &Decision) -> Response {

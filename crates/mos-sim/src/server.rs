@@ -92,8 +92,12 @@ impl MosSim {
         self.shared.store.snapshot()
     }
 
-    /// Replaces all faults. Invalid values are made harmless rather than
-    /// rejected: statuses outside 4xx/5xx become 500, probabilities are clamped.
+    /// Replaces all faults (a rate limit starts again with a full bucket; the
+    /// in-flight count is kept). Invalid values are made harmless rather than
+    /// rejected: statuses outside 4xx/5xx become 500, probabilities are
+    /// clamped, a rate limit gets `per_second` > 0 and `burst` >= 1, a
+    /// capacity `1 <= max_in_flight <= hard_limit` and a finite
+    /// `latency_per_extra_ms` >= 0.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.set_faults(faults);
     }

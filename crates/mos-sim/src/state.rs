@@ -2,11 +2,13 @@
 //!
 //! The hot path touches only atomics, a read lock on the key and one store
 //! shard at a time; the fault mutex is skipped entirely while no fault is set.
+//! (A rate limit or a capacity is a fault: with one set, every request takes
+//! the mutex, which also makes the token bucket and the hard limit exact.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::SimStats;
 use super::faults::{Decision, FaultState, Faults};
@@ -31,7 +33,45 @@ pub(crate) struct Counters {
     pub creates: AtomicU64,
     pub duplicates: AtomicU64,
     pub already_linked: AtomicU64,
+    /// 429s answered by the rate limiter (not injected ones).
+    pub rate_limited: AtomicU64,
+    /// 503s answered by the capacity's hard limit (not injected ones).
+    pub overloaded: AtomicU64,
+    /// Link requests past the rate limiter whose answer is not out yet. A
+    /// gauge: never reset, or the guards of running requests would underflow it.
+    in_flight: AtomicU64,
+    /// Peak of `in_flight` since start or the last reset.
+    max_in_flight_seen: AtomicU64,
     statuses: StatusCounts,
+}
+
+/// One link request in flight: counted from [`Counters::enter`] until
+/// dropped, which happens however the request ends (answered, faulted,
+/// dropped connection, client gone).
+pub(crate) struct InFlight<'a> {
+    counters: &'a Counters,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether the gateway (rate limit) and the backend (capacity) take a request.
+pub(crate) enum Admission<'a> {
+    /// No token: answer 429 with `Retry-After: retry_after_secs`.
+    RateLimited { retry_after_secs: u64 },
+    /// More than `hard_limit` in flight: answer 503 at once.
+    Overloaded {
+        in_flight: InFlight<'a>,
+        retry_after_secs: Option<u64>,
+    },
+    /// Go on, with the other faults' decision if any is set.
+    Admitted {
+        in_flight: InFlight<'a>,
+        decision: Option<Decision>,
+    },
 }
 
 struct StatusCounts(Box<[AtomicU64]>);
@@ -53,15 +93,28 @@ impl Counters {
         }
     }
 
+    /// Counts one more request in flight; returns its guard and the number
+    /// in flight, this one included.
+    pub fn enter(&self) -> (InFlight<'_>, u64) {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight_seen.fetch_max(now, Ordering::Relaxed);
+        (InFlight { counters: self }, now)
+    }
+
     fn clear(&self) {
         for c in [
             &self.requests,
             &self.creates,
             &self.duplicates,
             &self.already_linked,
+            &self.rate_limited,
+            &self.overloaded,
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        // The peak restarts from what is in flight now; `in_flight` stays.
+        self.max_in_flight_seen
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         for slot in self.statuses.0.iter() {
             slot.store(0, Ordering::Relaxed);
         }
@@ -110,17 +163,39 @@ impl Shared {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `None` when no fault is set (the common case, decided without a lock).
-    pub fn decide_fault(&self) -> Option<Decision> {
+    /// Runs the rate limiter, counts the request in flight, applies the
+    /// capacity's hard limit and draws the other faults. Without any fault
+    /// set (the common case) only the in-flight count is taken, without a lock.
+    pub fn admit(&self) -> Admission<'_> {
         if !self.faults_active.load(Ordering::Acquire) {
-            return None;
+            let (in_flight, _) = self.counters.enter();
+            return Admission::Admitted {
+                in_flight,
+                decision: None,
+            };
         }
         let mut state = self.fault_state();
-        let decision = state.decide();
+        if let Err(retry_after_secs) = state.take_token(Instant::now()) {
+            return Admission::RateLimited { retry_after_secs };
+        }
+        // Under the fault lock, so the hard limit admits exactly `hard_limit`.
+        let (in_flight, count) = self.counters.enter();
+        if let Some(cap) = state.capacity()
+            && count > u64::from(cap.hard_limit)
+        {
+            return Admission::Overloaded {
+                in_flight,
+                retry_after_secs: cap.retry_after_secs,
+            };
+        }
+        let decision = state.decide(count);
         if state.is_inert() {
             self.faults_active.store(false, Ordering::Release);
         }
-        Some(decision)
+        Admission::Admitted {
+            in_flight,
+            decision: Some(decision),
+        }
     }
 
     /// The content-dependent refusal of this body, if one is set.
@@ -166,6 +241,10 @@ impl Shared {
             creates: c.creates.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             already_linked: c.already_linked.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            in_flight: c.in_flight.load(Ordering::Relaxed),
+            max_in_flight_seen: c.max_in_flight_seen.load(Ordering::Relaxed),
             links: self.store.len(),
             statuses,
         }

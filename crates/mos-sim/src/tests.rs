@@ -1,7 +1,7 @@
 //! Simulator tests over real HTTP on ephemeral ports.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{IntoUrl, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -451,6 +451,8 @@ async fn drop_closes_the_connection_without_a_response() {
     let stats = sim.stats();
     assert_stats(&stats, json!({"requests": 3, "links": 1}));
     assert_eq!(stats.statuses.values().sum::<u64>(), 1);
+    // A dropped request stops counting as in flight once its connection is gone.
+    wait_for_in_flight(&sim, 0).await;
 }
 
 #[tokio::test]
@@ -526,6 +528,7 @@ async fn control_routes() {
     assert_eq!(
         stats,
         json!({"requests": 2, "creates": 1, "duplicates": 0, "already_linked": 0,
+               "rate_limited": 0, "overloaded": 0, "in_flight": 0, "max_in_flight_seen": 1,
                "links": 1, "statuses": {"200": 1, "504": 1}})
     );
 
@@ -642,4 +645,419 @@ fn faults_serde_defaults() {
         .validate()
         .is_err()
     );
+}
+
+/// Polls the stats until `in_flight` is `n` (at most 5 s).
+async fn wait_for_in_flight(sim: &MosSim, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().in_flight != n {
+        assert!(
+            Instant::now() < deadline,
+            "in_flight never reached {n}: {:?}",
+            sim.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One link request's status, `Retry-After` (if any) and body.
+async fn link_answer(
+    http: &reqwest::Client,
+    sim: &MosSim,
+    anon: &str,
+) -> (u16, Option<String>, Value) {
+    let resp = link_with_key(http, sim, KEY, anon, "u").await.unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, resp.json().await.unwrap())
+}
+
+/// Sends `n` link requests at once; returns how many got 200 and how long
+/// the burst took. Everything else must be the limiter's 429.
+async fn rate_limited_burst(http: &reqwest::Client, sim: &MosSim, n: usize) -> (u64, Duration) {
+    let started = Instant::now();
+    let answers =
+        (0..n).map(|i| async move { link_answer(http, sim, &format!("burst-{i}")).await });
+    let answers = futures_util::future::join_all(answers).await;
+    let elapsed = started.elapsed();
+    let mut ok = 0;
+    for (status, retry_after, body) in answers {
+        match status {
+            200 => ok += 1,
+            429 => {
+                let secs: u64 = retry_after.expect("Retry-After on a 429").parse().unwrap();
+                assert!(secs >= 1, "Retry-After {secs}");
+                assert_eq!(body, json!({"message": "Too Many Requests"}));
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (ok, elapsed)
+}
+
+/// What a token bucket can let through over `elapsed`: `burst + rate × t`,
+/// plus one for rounding.
+fn bucket_bound(burst: u32, per_second: f64, elapsed: Duration) -> u64 {
+    (f64::from(burst) + per_second * elapsed.as_secs_f64()).floor() as u64 + 1
+}
+
+#[tokio::test]
+async fn rate_limit_passes_a_burst_then_the_refill_rate() {
+    let (per_second, burst) = (50.0, 10);
+    let sim = start(SimConfig {
+        faults: Faults {
+            rate_limit: Some(RateLimit { per_second, burst }),
+            ..Faults::default()
+        },
+        ..keyed_config()
+    })
+    .await;
+    let http = client();
+    const N: usize = 60;
+
+    // A full bucket: `burst` pass at once (plus what trickles in meanwhile).
+    let (first, elapsed) = rate_limited_burst(&http, &sim, N).await;
+    assert!(first >= u64::from(burst), "{first} passed");
+    assert!(
+        first <= bucket_bound(burst, per_second, elapsed),
+        "{first} in {elapsed:?}"
+    );
+
+    // A second idle: the bucket refills to `burst`, not to 50.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (second, elapsed) = rate_limited_burst(&http, &sim, N).await;
+    assert!(second >= u64::from(burst), "{second} passed");
+    assert!(
+        second <= bucket_bound(burst, per_second, elapsed),
+        "{second} in {elapsed:?}"
+    );
+
+    // The bucket is empty now: over the next second about `per_second` pass.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1);
+    let workers = (0..4).map(|w| {
+        let http = &http;
+        let sim = &sim;
+        async move {
+            let (mut ok, mut sent) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let (status, _, _) = link_answer(http, sim, &format!("steady-{w}")).await;
+                sent += 1;
+                ok += u64::from(status == 200);
+            }
+            (ok, sent)
+        }
+    });
+    let results = futures_util::future::join_all(workers).await;
+    let elapsed = started.elapsed();
+    let steady: u64 = results.iter().map(|(ok, _)| ok).sum();
+    let steady_sent: u64 = results.iter().map(|(_, sent)| sent).sum();
+    assert!(
+        steady >= 25,
+        "{steady} of {steady_sent} passed in {elapsed:?}"
+    );
+    assert!(
+        steady <= bucket_bound(burst, per_second, elapsed),
+        "{steady} of {steady_sent} passed in {elapsed:?}"
+    );
+
+    let stats = sim.stats();
+    let passed = first + second + steady;
+    let sent = 2 * N as u64 + steady_sent;
+    assert_stats(
+        &stats,
+        json!({"requests": sent, "rate_limited": sent - passed, "overloaded": 0,
+               "statuses": {"200": passed, "429": sent - passed}}),
+    );
+}
+
+/// The limiter sits in front of the latency, and its `Retry-After` is the
+/// wait for the next token rounded up to whole seconds.
+#[tokio::test]
+async fn rate_limit_answers_at_once_with_the_wait_for_the_next_token() {
+    // One token every 5 s.
+    let limit = Some(RateLimit {
+        per_second: 0.2,
+        burst: 1,
+    });
+    let sim = start_then_set_faults(Faults {
+        rate_limit: limit,
+        ..Faults::default()
+    })
+    .await;
+    let http = client();
+    assert_eq!(link_answer(&http, &sim, "a").await.0, 200);
+    let (status, retry_after, body) = link_answer(&http, &sim, "a").await;
+    assert_eq!(status, 429);
+    // ceil(5 s - the few ms since the token was taken): 5.
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert_eq!(body, json!({"message": "Too Many Requests"}));
+
+    // Setting the faults again refills the bucket; the latency delays the
+    // admitted request only.
+    sim.set_faults(Faults {
+        latency_ms: 1_000,
+        rate_limit: limit,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    assert_eq!(link_answer(&http, &sim, "a").await.0, 200);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let started = Instant::now();
+    assert_eq!(link_answer(&http, &sim, "a").await.0, 429);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "429 after {took:?}");
+
+    assert_stats(
+        &sim.stats(),
+        json!({"requests": 4, "rate_limited": 2, "max_in_flight_seen": 1,
+               "statuses": {"200": 2, "429": 2}}),
+    );
+}
+
+#[tokio::test]
+async fn capacity_slows_past_max_in_flight_and_refuses_past_hard_limit() {
+    const BASE_MS: u64 = 500;
+    const EXTRA_MS: u64 = 100;
+    let sim = start(SimConfig {
+        faults: Faults {
+            latency_ms: BASE_MS,
+            capacity: Some(Capacity {
+                max_in_flight: 4,
+                latency_per_extra_ms: EXTRA_MS as f64,
+                hard_limit: 8,
+                retry_after_secs: Some(2),
+            }),
+            ..Faults::default()
+        },
+        ..keyed_config()
+    })
+    .await;
+    let http = client();
+
+    let timed = |i: usize| {
+        let (http, sim) = (&http, &sim);
+        async move {
+            let started = Instant::now();
+            let (status, _) = link(http, sim, &format!("cap-{i}"), "u").await;
+            (status, started.elapsed())
+        }
+    };
+    let eight = futures_util::future::join_all((0..8).map(timed));
+    let ninth = async {
+        wait_for_in_flight(&sim, 8).await;
+        let started = Instant::now();
+        let answer = link_answer(&http, &sim, "cap-9").await;
+        (answer, started.elapsed())
+    };
+    let (mut eight, ((status, retry_after, body), ninth_took)) = tokio::join!(eight, ninth);
+
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    assert_eq!(body, json!({"message": "Service Unavailable"}));
+    assert!(
+        ninth_took < Duration::from_millis(BASE_MS),
+        "503 after {ninth_took:?}"
+    );
+
+    // Arrivals 1-4 wait BASE_MS, 5-8 one to four EXTRA_MS more.
+    assert!(
+        eight.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{eight:?}"
+    );
+    eight.sort_by_key(|(_, took)| *took);
+    let ms = |d: Duration| d.as_millis() as u64;
+    let (fastest, slowest) = (ms(eight[0].1), ms(eight[7].1));
+    assert!(fastest >= BASE_MS, "{eight:?}");
+    assert!(slowest >= BASE_MS + 4 * EXTRA_MS, "{eight:?}");
+    assert!(slowest - fastest >= 2 * EXTRA_MS, "{eight:?}");
+    let slowed = eight
+        .iter()
+        .filter(|(_, took)| ms(*took) >= BASE_MS + EXTRA_MS)
+        .count();
+    assert!(slowed >= 4, "{eight:?}");
+
+    assert_stats(
+        &sim.stats(),
+        json!({"requests": 9, "overloaded": 1, "rate_limited": 0, "in_flight": 0,
+               "max_in_flight_seen": 9, "creates": 8, "statuses": {"200": 8, "503": 1}}),
+    );
+    // A reset restarts the peak from what is in flight (nothing).
+    sim.reset();
+    assert_stats(
+        &sim.stats(),
+        json!({"max_in_flight_seen": 0, "overloaded": 0}),
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_and_capacity_over_put_faults() {
+    let sim = start_controlled().await;
+    let http = client();
+    let set = json!({
+        "rate_limit": {"per_second": 50.0, "burst": 10},
+        "capacity": {"max_in_flight": 4, "latency_per_extra_ms": 12.5, "hard_limit": 8,
+                     "retry_after_secs": 2},
+    });
+    let resp = put_faults(&http, &sim, set.clone()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echoed: Value = resp.json().await.unwrap();
+    let got: Value = get_json(&http, control_url(&sim, "faults")).await;
+    for faults in [&echoed, &got] {
+        assert_eq!(faults["rate_limit"], set["rate_limit"]);
+        assert_eq!(faults["capacity"], set["capacity"]);
+    }
+    let parsed: Faults = serde_json::from_value(got).unwrap();
+    assert_eq!(
+        (parsed.rate_limit, parsed.capacity),
+        (
+            Some(RateLimit {
+                per_second: 50.0,
+                burst: 10
+            }),
+            Some(Capacity {
+                max_in_flight: 4,
+                latency_per_extra_ms: 12.5,
+                hard_limit: 8,
+                retry_after_secs: Some(2),
+            })
+        )
+    );
+    assert_eq!(sim.faults(), parsed);
+
+    // Refused, with the field named; the faults in place stay.
+    for (bad, field) in [
+        (
+            json!({"rate_limit": {"per_second": 0, "burst": 10}}),
+            "rate_limit.per_second",
+        ),
+        (
+            json!({"rate_limit": {"per_second": -5, "burst": 10}}),
+            "rate_limit.per_second",
+        ),
+        (
+            json!({"rate_limit": {"per_second": 5, "burst": 0}}),
+            "rate_limit.burst",
+        ),
+        (json!({"rate_limit": {"per_second": 5}}), "burst"),
+        (
+            json!({"rate_limit": {"per_second": 5, "burst": 1, "bursts": 2}}),
+            "bursts",
+        ),
+        (
+            json!({"capacity": {"max_in_flight": 4, "latency_per_extra_ms": 1, "hard_limit": 3}}),
+            "capacity.hard_limit",
+        ),
+        (
+            json!({"capacity": {"max_in_flight": 0, "latency_per_extra_ms": 1, "hard_limit": 3}}),
+            "capacity.max_in_flight",
+        ),
+        (
+            json!({"capacity": {"max_in_flight": 1, "latency_per_extra_ms": -1, "hard_limit": 3}}),
+            "capacity.latency_per_extra_ms",
+        ),
+    ] {
+        let resp = put_faults(&http, &sim, bad.clone()).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let text = resp.json::<Value>().await.unwrap()["message"].to_string();
+        assert!(text.contains(field), "{bad}: {text}");
+    }
+    assert_eq!(sim.faults(), parsed);
+
+    // Set over HTTP, in effect: one in flight at a time, 503 without
+    // Retry-After when none is configured.
+    let one = json!({"latency_ms": 300,
+                     "capacity": {"max_in_flight": 1, "latency_per_extra_ms": 0, "hard_limit": 1}});
+    let resp = put_faults(&http, &sim, one).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: Faults = resp.json().await.unwrap();
+    assert_eq!(got.capacity.unwrap().retry_after_secs, None);
+    let (first, second) = tokio::join!(link(&http, &sim, "a", "u"), async {
+        wait_for_in_flight(&sim, 1).await;
+        link_answer(&http, &sim, "b").await
+    });
+    assert_eq!(first.0, StatusCode::OK);
+    assert_eq!((second.0, second.1), (503, None));
+    assert_stats(
+        &sim.stats(),
+        json!({"overloaded": 1, "max_in_flight_seen": 2}),
+    );
+}
+
+#[test]
+fn rate_limit_and_capacity_validate_and_sanitize() {
+    let limit = |per_second, burst| Faults {
+        rate_limit: Some(RateLimit { per_second, burst }),
+        ..Faults::default()
+    };
+    let capacity = |max_in_flight, latency_per_extra_ms, hard_limit| Faults {
+        capacity: Some(Capacity {
+            max_in_flight,
+            latency_per_extra_ms,
+            hard_limit,
+            retry_after_secs: None,
+        }),
+        ..Faults::default()
+    };
+    assert_eq!(limit(50.0, 10).validate(), Ok(()));
+    assert_eq!(capacity(4, 0.0, 4).validate(), Ok(()));
+    for (faults, field) in [
+        (limit(0.0, 10), "rate_limit.per_second"),
+        (limit(-1.0, 10), "rate_limit.per_second"),
+        (limit(f64::NAN, 10), "rate_limit.per_second"),
+        (limit(f64::INFINITY, 10), "rate_limit.per_second"),
+        (limit(5.0, 0), "rate_limit.burst"),
+        (capacity(0, 1.0, 8), "capacity.max_in_flight"),
+        (capacity(4, 1.0, 3), "capacity.hard_limit"),
+        (capacity(4, -1.0, 8), "capacity.latency_per_extra_ms"),
+        (capacity(4, f64::NAN, 8), "capacity.latency_per_extra_ms"),
+    ] {
+        let err = faults.validate().expect_err(field);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+
+    // The in-process path clamps instead.
+    let clamped = |faults: Faults| faults.sanitized();
+    assert_eq!(
+        clamped(limit(-1.0, 0)).rate_limit,
+        Some(RateLimit {
+            per_second: 0.001,
+            burst: 1
+        })
+    );
+    assert_eq!(
+        clamped(limit(f64::NAN, 3)).rate_limit.unwrap().per_second,
+        0.001
+    );
+    assert_eq!(
+        clamped(limit(f64::INFINITY, 3))
+            .rate_limit
+            .unwrap()
+            .per_second,
+        1e9
+    );
+    assert_eq!(
+        clamped(capacity(0, f64::NAN, 0)).capacity,
+        Some(Capacity {
+            max_in_flight: 1,
+            latency_per_extra_ms: 0.0,
+            hard_limit: 1,
+            retry_after_secs: None,
+        })
+    );
+    assert_eq!(
+        clamped(capacity(8, -3.0, 2)).capacity.unwrap().hard_limit,
+        8
+    );
+    for faults in [
+        limit(-1.0, 0),
+        capacity(0, f64::NAN, 0),
+        capacity(8, f64::INFINITY, 2),
+    ] {
+        let faults = clamped(faults);
+        assert_eq!(faults.validate(), Ok(()), "{faults:?}");
+    }
 }
