@@ -4,6 +4,7 @@
 
 mod circuit;
 mod dlq_replay;
+mod flow;
 mod helpers;
 mod hostile;
 mod log_pipe;

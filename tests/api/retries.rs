@@ -72,8 +72,11 @@ async fn a_delayed_retry_that_then_succeeds_is_linked() {
     app.finish().await;
 }
 
+/// A 429 pauses every call of the process for its `Retry-After`: the
+/// other visitors' calls wait too (no request reaches the endpoint during the
+/// pause), then all go through; no retry is spent, nothing is delayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_is_honoured() {
+async fn a_rate_limit_pauses_every_call_and_spends_no_retry() {
     let faults = Faults {
         retry_after_secs: 2,
         ..statuses(&[429])
@@ -81,15 +84,31 @@ async fn retry_after_is_honoured() {
     let app = TestApp::spawn_with(faulty(faults), &[]).await;
     let started = Instant::now();
     app.publish_pair("user.logged_in", "a-ra", "u-ra").await;
-    app.wait_settled(1).await;
+    wait_for("the 429", Duration::from_secs(5), || async {
+        app.sim.stats().requests >= 1
+    })
+    .await;
+    // Twenty other visitors arrive during the pause.
+    app.publish_pairs("user.logged_in", "ra-others", 20).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.sim.stats().requests,
+        1,
+        "no call while the rate limit's pause holds"
+    );
+    app.wait_settled(21).await;
     let elapsed = started.elapsed();
-    assert_eq!(app.outcome("linked"), 1);
-    assert_eq!(app.worker.retries_immediate(), 1);
-    // Without Retry-After the first backoff is at most 100 ms.
+    assert_eq!(app.outcome("linked"), 21);
+    assert_eq!(app.sim.stats().links, 21);
+    assert_eq!(app.worker.retries_immediate(), 0, "a rate limit spends no retry");
+    assert_eq!(app.worker.retries_delayed(), 0);
     assert!(
         elapsed >= Duration::from_millis(1900),
         "waited {elapsed:?}, expected about 2 s"
     );
+    let text = app.metrics_text().await;
+    assert!(text.contains("identity_linker_rate_limited_total 1\n"), "{text}");
+    assert!(text.contains("identity_linker_circuit_open 0"), "{text}");
     app.finish().await;
 }
 
