@@ -30,6 +30,8 @@ use crate::ops::metrics::Metrics;
 /// the retry ladder like any failed call.
 pub const PATIENCE: Duration = Duration::from_secs(300);
 
+/// How slowly the latency baseline follows a latency that stays higher.
+const BASELINE_CREEP: Duration = Duration::from_secs(60);
 /// Latency above this many times its baseline counts as overload.
 const LATENCY_TOLERANCE: f64 = 2.0;
 const DECREASE: f64 = 0.9;
@@ -124,10 +126,11 @@ struct Limit {
     ceiling: f64,
     in_flight: usize,
     /// Smoothed latency of the last calls, and the lowest it has been
-    /// (drifting up slowly, so an endpoint that got slower for good is
-    /// not taken as overloaded for ever), in seconds.
+    /// (creeping up over a minute, so an endpoint that got slower for good
+    /// is not taken as overloaded for ever), in seconds.
     recent: Option<f64>,
     baseline: Option<f64>,
+    baseline_at: Option<Instant>,
     last_decrease: Option<Instant>,
 }
 
@@ -181,11 +184,18 @@ impl Limit {
                     None => latency,
                 };
                 self.recent = Some(recent);
+                // Creeps up with a time constant of a minute, whatever the
+                // call rate: sustained overload must not become the baseline
+                // within seconds.
+                let creep = self.baseline_at.map_or(1.0, |at| {
+                    now.saturating_duration_since(at).as_secs_f64() / BASELINE_CREEP.as_secs_f64()
+                });
                 let baseline = match self.baseline {
-                    Some(b) if recent >= b => b + 0.001 * (recent - b),
+                    Some(b) if recent >= b => b + creep.min(1.0) * (recent - b),
                     _ => recent,
                 };
                 self.baseline = Some(baseline);
+                self.baseline_at = Some(now);
                 if recent > baseline * LATENCY_TOLERANCE {
                     self.decrease(now);
                 } else if busy {
@@ -218,6 +228,7 @@ impl Flow {
                 in_flight: 0,
                 recent: None,
                 baseline: None,
+                baseline_at: None,
                 last_decrease: None,
             }),
             slot_freed: Notify::new(),
@@ -267,8 +278,9 @@ impl Flow {
     fn pause(&self, for_: Duration) {
         let now = Instant::now();
         let until = now + for_.min(MAX_RETRY_AFTER);
-        {
+        let new_episode = {
             let mut paused = lock(&self.paused_until);
+            let new_episode = paused.is_none_or(|p| p <= now);
             let from = paused.map_or(now, |p| p.max(now));
             if until > from {
                 self.metrics
@@ -276,8 +288,13 @@ impl Flow {
                     .inc_by(until.duration_since(from).as_secs_f64());
                 *paused = Some(until);
             }
+            new_episode
+        };
+        // Once per episode: the calls sent together before the pause all come
+        // back limited, and each lowering the pace would compound it to nothing.
+        if new_episode {
+            lock(&self.pace).met_limit(now);
         }
-        lock(&self.pace).met_limit(now);
         self.metrics.rate_limited.inc();
     }
 
@@ -389,6 +406,7 @@ mod tests {
             in_flight: 0,
             recent: None,
             baseline: None,
+            baseline_at: None,
             last_decrease: None,
         };
         let fast = Signal::Answered(Duration::from_millis(10));
@@ -425,6 +443,7 @@ mod tests {
             in_flight: 0,
             recent: None,
             baseline: None,
+            baseline_at: None,
             last_decrease: None,
         };
         for i in 0..1000 {
@@ -447,7 +466,17 @@ mod tests {
                 .done(&Ok::<(), CallError>(()), Duration::ZERO);
             tokio::time::advance(Duration::from_millis(9)).await;
         }
-        flow.turn().await.done(&limited(), Duration::ZERO);
+        // Ten calls of the same moment all come back limited: one episode.
+        let together: Vec<Turn<'_>> = {
+            let mut turns = Vec::new();
+            for _ in 0..10 {
+                turns.push(flow.turn().await);
+            }
+            turns
+        };
+        for turn in together {
+            turn.done(&limited(), Duration::ZERO);
+        }
         tokio::time::advance(Duration::from_millis(400)).await;
         let start = Instant::now();
         for _ in 0..45 {

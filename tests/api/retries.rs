@@ -100,14 +100,21 @@ async fn a_rate_limit_pauses_every_call_and_spends_no_retry() {
     let elapsed = started.elapsed();
     assert_eq!(app.outcome("linked"), 21);
     assert_eq!(app.sim.stats().links, 21);
-    assert_eq!(app.worker.retries_immediate(), 0, "a rate limit spends no retry");
+    assert_eq!(
+        app.worker.retries_immediate(),
+        0,
+        "a rate limit spends no retry"
+    );
     assert_eq!(app.worker.retries_delayed(), 0);
     assert!(
         elapsed >= Duration::from_millis(1900),
         "waited {elapsed:?}, expected about 2 s"
     );
     let text = app.metrics_text().await;
-    assert!(text.contains("identity_linker_rate_limited_total 1\n"), "{text}");
+    assert!(
+        text.contains("identity_linker_rate_limited_total 1\n"),
+        "{text}"
+    );
     assert!(text.contains("identity_linker_circuit_open 0"), "{text}");
     app.finish().await;
 }
