@@ -28,6 +28,9 @@ fn color(s: &Summary) -> RGBColor {
         Kind::Direct => RGBColor(23, 190, 207),
         Kind::Replicas if s.replicas > 1 => RGBColor(140, 86, 75),
         Kind::Replicas => RGBColor(227, 119, 194),
+        Kind::RateLimit => RGBColor(214, 39, 40),
+        Kind::Capacity if s.name.contains("fixed") => RGBColor(188, 189, 34),
+        Kind::Capacity => RGBColor(23, 120, 90),
     }
 }
 

@@ -41,11 +41,13 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Scenarios to run, comma list of bare,bare-batched,instant,direct,latency,repeated,
-    /// replicas-1,replicas-3 (any replicas-N up to 16; large is added by --large).
+    /// replicas-1,replicas-3 (any replicas-N up to 16; large is added by --large),
+    /// ratelimit-200,ratelimit-500 (any ratelimit-R: mos-sim --rate-limit R, default burst),
+    /// capacity (adaptive limit), capacity-fixed-64 (any capacity-fixed-C: LINKER_CONCURRENCY=C).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "bare,bare-batched,instant,direct,latency,repeated,replicas-1,replicas-3"
+        default_value = "bare,bare-batched,instant,direct,latency,repeated,replicas-1,replicas-3,ratelimit-200,ratelimit-500,capacity,capacity-fixed-64"
     )]
     scenarios: Vec<String>,
     /// Quick CI check: --events 2000 --runs 1, results to target/bench-smoke/.
@@ -72,6 +74,21 @@ struct Args {
     /// amqp://guest:guest@127.0.0.1:5673/%2f.
     #[arg(long, hide_env_values = true)]
     amqp_url_4: Option<String>,
+    /// Events pre-filled per run of the ratelimit-R scenarios (--smoke: at most 1000).
+    #[arg(long, default_value_t = 20_000)]
+    rate_events: usize,
+    /// Events pre-filled per run of the capacity scenarios (--smoke: at most 2000).
+    #[arg(long, default_value_t = 50_000)]
+    capacity_events: usize,
+    /// mos-sim --capacity of the capacity scenarios: calls in flight served at --capacity-latency-ms.
+    #[arg(long, default_value_t = 64)]
+    capacity: u32,
+    /// mos-sim --latency of the capacity scenarios, ms (capacity / latency = the throughput capacity).
+    #[arg(long, default_value_t = 10)]
+    capacity_latency_ms: u64,
+    /// mos-sim --capacity-hard-limit of the capacity scenarios (503 past it).
+    #[arg(long, default_value_t = 192)]
+    capacity_hard_limit: u32,
     /// How often each pair occurs in the repeated-logins scenario.
     #[arg(long, default_value_t = 10)]
     repeat: usize,
@@ -138,6 +155,11 @@ struct Output<'a> {
     latency_ms: u64,
     replica_events: usize,
     replica_latency_ms: u64,
+    rate_events: usize,
+    capacity_events: usize,
+    capacity: u32,
+    capacity_latency_ms: u64,
+    capacity_hard_limit: u32,
     bare_mode: &'a str,
     bare_runs_in: &'static str,
     summaries: &'a [report::Summary],
@@ -255,9 +277,24 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
         args.runs = 1;
         args.large_events = args.large_events.min(20_000);
         args.replica_events = args.replica_events.min(2000);
+        args.rate_events = args.rate_events.min(1000);
+        args.capacity_events = args.capacity_events.min(2000);
     }
-    if args.events == 0 || args.runs == 0 || args.replica_events == 0 {
-        return Err("--events, --replica-events and --runs must be at least 1".into());
+    if args.events == 0
+        || args.runs == 0
+        || args.replica_events == 0
+        || args.rate_events == 0
+        || args.capacity_events == 0
+    {
+        return Err(
+            "--events, --replica-events, --rate-events, --capacity-events and --runs must be at least 1"
+                .into(),
+        );
+    }
+    if args.capacity == 0 || args.capacity_hard_limit < args.capacity {
+        return Err(
+            "--capacity must be at least 1 and --capacity-hard-limit at least --capacity".into(),
+        );
     }
     let out = args.out.clone().unwrap_or_else(|| {
         if args.smoke {
@@ -343,6 +380,69 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
                 runs: args.runs,
                 replicas,
                 amqp_url: amqp_url_4.clone(),
+                rate_limit: None,
+                capacity: None,
+                capacity_hard_limit: None,
+                concurrency: None,
+            });
+            continue;
+        }
+        if let Some(rate) = name.strip_prefix("ratelimit-") {
+            let rate: f64 = rate
+                .parse()
+                .ok()
+                .filter(|r: &f64| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| format!("{name:?}: ratelimit-R wants a rate above 0"))?;
+            scenarios.push(Scenario {
+                kind: Kind::RateLimit,
+                name: format!("worker, rate limit {rate} per s"),
+                events: args.rate_events,
+                repeat: 1,
+                latency_ms: 0,
+                runs: args.runs,
+                replicas: 1,
+                amqp_url: args.amqp_url.clone(),
+                rate_limit: Some(rate),
+                capacity: None,
+                capacity_hard_limit: None,
+                concurrency: None,
+            });
+            continue;
+        }
+        let fixed = match name.as_str() {
+            "capacity" => Some(None),
+            other => match other.strip_prefix("capacity-fixed-") {
+                Some(c) => Some(Some(
+                    c.parse::<usize>()
+                        .ok()
+                        .filter(|c| *c > 0)
+                        .ok_or_else(|| format!("{name:?}: capacity-fixed-C wants C above 0"))?,
+                )),
+                None => None,
+            },
+        };
+        if let Some(fixed) = fixed {
+            scenarios.push(Scenario {
+                kind: Kind::Capacity,
+                name: format!(
+                    "worker, capacity {} at {} ms, {}",
+                    args.capacity,
+                    args.capacity_latency_ms,
+                    match fixed {
+                        None => format!("adaptive (ceiling {})", args.concurrency),
+                        Some(c) => format!("fixed {c}"),
+                    }
+                ),
+                events: args.capacity_events,
+                repeat: 1,
+                latency_ms: args.capacity_latency_ms,
+                runs: args.runs,
+                replicas: 1,
+                amqp_url: args.amqp_url.clone(),
+                rate_limit: None,
+                capacity: Some(args.capacity),
+                capacity_hard_limit: Some(args.capacity_hard_limit),
+                concurrency: fixed,
             });
             continue;
         }
@@ -374,6 +474,10 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             runs: args.runs,
             replicas: 1,
             amqp_url: args.amqp_url.clone(),
+            rate_limit: None,
+            capacity: None,
+            capacity_hard_limit: None,
+            concurrency: None,
         });
     }
     if args.large {
@@ -386,6 +490,10 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             runs: args.large_runs,
             replicas: 1,
             amqp_url: args.amqp_url.clone(),
+            rate_limit: None,
+            capacity: None,
+            capacity_hard_limit: None,
+            concurrency: None,
         });
     }
 
@@ -436,6 +544,10 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
     let summaries = report::summarise(&scenarios, &results, args.concurrency);
     let targets = report::targets(&summaries);
     println!("\n{}", report::table(&summaries));
+    let flow = report::flow_table(&summaries);
+    if !flow.is_empty() {
+        println!("{flow}");
+    }
     println!("{}", report::targets_table(&targets));
     println!("{}", report::cpu_table(&summaries));
     let output = Output {
@@ -450,6 +562,11 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
         latency_ms: args.latency_ms,
         replica_events: args.replica_events,
         replica_latency_ms: args.replica_latency_ms,
+        rate_events: args.rate_events,
+        capacity_events: args.capacity_events,
+        capacity: args.capacity,
+        capacity_latency_ms: args.capacity_latency_ms,
+        capacity_hard_limit: args.capacity_hard_limit,
         bare_mode: &args.bare_mode,
         bare_runs_in: "a child process (the bench binary re-executed), like the worker",
         summaries: &summaries,

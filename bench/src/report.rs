@@ -42,7 +42,86 @@ pub struct Summary {
     pub broker_cpu_s_per_1k: Option<Spread>,
     pub machine_busy_cores: Option<Spread>,
     pub other_busy_cores: Option<Spread>,
+    /// Rate-limit and capacity scenarios (issue 12).
+    pub flow: Option<FlowSummary>,
     pub runs: Vec<RunResult>,
+}
+
+/// What the rate-limit and capacity scenarios report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowSummary {
+    /// mos-sim --rate-limit and its default burst.
+    pub rate_limit: Option<f64>,
+    pub burst: Option<u32>,
+    /// mos-sim --capacity; LINKER_CONCURRENCY if not the default.
+    pub capacity: Option<u32>,
+    pub concurrency: Option<usize>,
+    /// The limit's own bound on the drain: (events - burst) / rate, s.
+    pub drain_bound_secs: Option<f64>,
+    pub drain_secs: Option<Spread>,
+    /// Per run: drain time / bound.
+    pub drain_ratio: Option<Spread>,
+    /// mos-sim rate_limited / requests.
+    pub rate_limited_share: Option<Spread>,
+    /// Worker metrics (whole run).
+    pub worker_rate_limited: Option<Spread>,
+    pub paused_secs: Option<Spread>,
+    pub retries_immediate: Option<Spread>,
+    pub retries_delayed: Option<Spread>,
+    pub dead_lettered: Option<Spread>,
+    pub concurrency_limit_min: Option<Spread>,
+    pub concurrency_limit_end: Option<Spread>,
+    /// mos-sim stats.
+    pub sim_requests: Option<Spread>,
+    pub sim_max_in_flight_seen: Option<Spread>,
+    pub sim_overloaded: Option<Spread>,
+    /// Capacity scenarios: capacity / latency, msg/s, and throughput over it.
+    pub capacity_msg_per_s: Option<f64>,
+    pub ratio_to_capacity: Option<Spread>,
+}
+
+fn flow_summary(s: &Scenario, runs: &[RunResult]) -> Option<FlowSummary> {
+    if !s.kind.is_flow() {
+        return None;
+    }
+    let burst = s.rate_limit_burst();
+    let drain_bound_secs = s
+        .rate_limit
+        .map(|rate| (s.events as f64 - f64::from(burst.unwrap_or(0))) / rate)
+        .filter(|b| *b > 0.0);
+    let flow =
+        |f: &dyn Fn(&crate::scenario::FlowResult) -> f64| of(runs, |r| r.flow.as_ref().map(f));
+    let sim = |f: &dyn Fn(&mos_sim::SimStats) -> f64| of(runs, |r| r.sim.as_ref().map(f));
+    let capacity_msg_per_s = s
+        .capacity
+        .filter(|_| s.latency_ms > 0)
+        .map(|c| f64::from(c) / (s.latency_ms as f64 / 1000.0));
+    Some(FlowSummary {
+        rate_limit: s.rate_limit,
+        burst,
+        capacity: s.capacity,
+        concurrency: s.concurrency,
+        drain_bound_secs,
+        drain_secs: flow(&|f| f.drain_secs),
+        drain_ratio: drain_bound_secs.and_then(|b| flow(&|f| f.drain_secs / b)),
+        rate_limited_share: sim(&|x| x.rate_limited as f64 / x.requests.max(1) as f64),
+        worker_rate_limited: flow(&|f| f.rate_limited as f64),
+        paused_secs: flow(&|f| f.paused_secs),
+        retries_immediate: flow(&|f| f.retries_immediate as f64),
+        retries_delayed: flow(&|f| f.retries_delayed as f64),
+        dead_lettered: flow(&|f| f.dead_lettered as f64),
+        concurrency_limit_min: of(runs, |r| {
+            r.flow.as_ref().and_then(|f| f.concurrency_limit_min)
+        }),
+        concurrency_limit_end: of(runs, |r| {
+            r.flow.as_ref().and_then(|f| f.concurrency_limit_end)
+        }),
+        sim_requests: sim(&|x| x.requests as f64),
+        sim_max_in_flight_seen: sim(&|x| x.max_in_flight_seen as f64),
+        sim_overloaded: sim(&|x| x.overloaded as f64),
+        capacity_msg_per_s,
+        ratio_to_capacity: capacity_msg_per_s.and_then(|c| of(runs, |r| Some(r.msg_per_s / c))),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +194,7 @@ pub fn summarise(
                 broker_cpu_s_per_1k: of(&runs, |r| Some(per_1k(r.broker_cpu_secs, r))),
                 machine_busy_cores: of(&runs, |r| Some(r.machine_busy_cores)),
                 other_busy_cores: of(&runs, |r| Some(r.other_busy_cores)),
+                flow: flow_summary(s, &runs),
                 runs,
             }
         })
@@ -265,6 +345,110 @@ pub fn targets(summaries: &[Summary]) -> Vec<Target> {
             met: ratio.map(|r| r >= 0.90),
         });
     }
+    for s in summaries.iter().filter(|s| s.kind == Kind::RateLimit) {
+        let Some(f) = &s.flow else { continue };
+        let what = format!("rate limit {} per s", f.rate_limit.unwrap_or(0.0));
+        let failed = if s.failures.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} of {} runs failed)",
+                s.failures.len(),
+                s.failures.len() + s.runs_ok
+            )
+        };
+        let ratio = f.drain_ratio.map(|r| r.median);
+        out.push(Target {
+            name: format!("{what}: drain time / limit's bound ((events - burst) / rate)"),
+            wanted: "<= 1.1".into(),
+            measured: match (ratio, f.drain_secs, f.drain_bound_secs) {
+                (Some(r), Some(d), Some(b)) => {
+                    format!("{r:.2} ({:.1} s / {b:.1} s){failed}", d.median)
+                }
+                _ => format!("n/a{failed}"),
+            },
+            met: ratio.map(|r| r <= 1.1 + 1e-9 && s.failures.is_empty()),
+        });
+        let share = f.rate_limited_share.map(|r| r.median);
+        out.push(Target {
+            name: format!("{what}: calls answered 429 (mos-sim rate_limited / requests)"),
+            wanted: "<= 2 %".into(),
+            measured: share.map_or(format!("n/a{failed}"), |r| {
+                format!("{:.2} %{failed}", r * 100.0)
+            }),
+            met: share.map(|r| r <= 0.02 + 1e-12),
+        });
+        let max = |x: Option<Spread>| x.map(|x| x.max);
+        let delayed = max(f.retries_delayed);
+        out.push(Target {
+            name: format!("{what}: delayed retries (worst run)"),
+            wanted: "0".into(),
+            measured: delayed.map_or(format!("n/a{failed}"), |d| format!("{d:.0}{failed}")),
+            met: delayed.map(|d| d == 0.0),
+        });
+        let dead = max(f.dead_lettered);
+        out.push(Target {
+            name: format!("{what}: dead letters (worst run)"),
+            wanted: "0".into(),
+            measured: dead.map_or(format!("n/a{failed}"), |d| format!("{d:.0}{failed}")),
+            met: dead.map(|d| d == 0.0 && s.failures.is_empty()),
+        });
+        out.push(Target {
+            name: format!("{what}: time paused (identity_linker_rate_limit_paused_seconds_total)"),
+            wanted: "reported".into(),
+            measured: f
+                .paused_secs
+                .map_or("n/a".into(), |p| format!("{:.1} s", p.median)),
+            met: None,
+        });
+    }
+    let capacity: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| s.kind == Kind::Capacity)
+        .collect();
+    for s in &capacity {
+        let Some(f) = &s.flow else { continue };
+        let ratio = f.ratio_to_capacity.map(|r| r.median);
+        out.push(Target {
+            name: format!(
+                "{}: throughput / capacity ({:.0} msg/s)",
+                s.name,
+                f.capacity_msg_per_s.unwrap_or(0.0)
+            ),
+            wanted: ">= 0.9".into(),
+            measured: match (ratio, s.msg_per_s) {
+                (Some(r), Some(m)) => format!("{r:.2} ({:.0} msg/s)", m.median),
+                _ => "n/a".into(),
+            },
+            met: ratio.map(|r| r >= 0.9 - 1e-9),
+        });
+    }
+    let adaptive = capacity
+        .iter()
+        .find(|s| s.flow.as_ref().is_some_and(|f| f.concurrency.is_none()));
+    for fixed in capacity
+        .iter()
+        .filter(|s| s.flow.as_ref().is_some_and(|f| f.concurrency.is_some()))
+    {
+        if let Some(adaptive) = adaptive {
+            let (a, b) = (
+                adaptive.p99_ms.map(|p| p.median),
+                fixed.p99_ms.map(|p| p.median),
+            );
+            out.push(Target {
+                name: format!(
+                    "capacity: p99 delivery-to-ack, adaptive vs {}",
+                    fixed.name.rsplit(", ").next().unwrap_or("fixed")
+                ),
+                wanted: "adaptive <= fixed".into(),
+                measured: match (a, b) {
+                    (Some(a), Some(b)) => format!("{a:.1} vs {b:.1} ms"),
+                    _ => "n/a".into(),
+                },
+                met: a.zip(b).map(|(a, b)| a <= b + 1e-9),
+            });
+        }
+    }
     if let Some(s) = find(Kind::Repeated) {
         let calls = s.calls_per_event.map(|c| c.median);
         out.push(Target {
@@ -350,6 +534,18 @@ pub fn table(summaries: &[Summary]) -> String {
                         .map_or("–".into(), |r| format!("{r:.2}x of 1 replica{bound}"))
                 }
             }
+            Kind::RateLimit => match s.flow.as_ref().map(|f| (f.drain_ratio, f.drain_bound_secs)) {
+                Some((Some(r), Some(b))) => format!("drain {:.2}x of bound {b:.1} s", r.median),
+                _ => "–".into(),
+            },
+            Kind::Capacity => match s
+                .flow
+                .as_ref()
+                .map(|f| (f.ratio_to_capacity, f.capacity_msg_per_s))
+            {
+                Some((Some(r), Some(c))) => format!("{:.2} of capacity {c:.0}", r.median),
+                _ => "–".into(),
+            },
             _ => s
                 .ratio_to_bare
                 .map_or("–".into(), |r| format!("{:.2} of bare", r.median)),
@@ -369,6 +565,62 @@ pub fn table(summaries: &[Summary]) -> String {
             cell(s.peak_rss_mib, 1),
             cell(s.cpu_s_per_1k, 3),
             cell(s.calls_per_event, 3),
+        ]));
+    }
+    out
+}
+
+/// The rate-limit and capacity scenarios' own figures (empty if none ran).
+pub fn flow_table(summaries: &[Summary]) -> String {
+    let flows: Vec<(&Summary, &FlowSummary)> = summaries
+        .iter()
+        .filter_map(|s| Some((s, s.flow.as_ref()?)))
+        .collect();
+    if flows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "| scenario | events | drain s | bound s | drain / bound | 429 share | worker rate limits | paused s | retries immediate / delayed | dead letters | concurrency limit min / end | sim requests | sim max in flight | sim 503 (overloaded) | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (s, f) in flows {
+        let fail = if s.failures.is_empty() {
+            String::new()
+        } else {
+            format!(" **{} failed**", s.failures.len())
+        };
+        out.push_str(&row(&[
+            format!("{}{fail}", s.name),
+            s.events.to_string(),
+            cell(f.drain_secs, 2),
+            f.drain_bound_secs.map_or("–".into(), |b| format!("{b:.1}")),
+            cell(f.drain_ratio, 2),
+            f.rate_limited_share.map_or("–".into(), |r| {
+                cell(
+                    Some(Spread {
+                        median: r.median * 100.0,
+                        min: r.min * 100.0,
+                        max: r.max * 100.0,
+                    }),
+                    2,
+                ) + " %"
+            }),
+            cell(f.worker_rate_limited, 0),
+            cell(f.paused_secs, 1),
+            format!(
+                "{} / {}",
+                cell(f.retries_immediate, 0),
+                cell(f.retries_delayed, 0)
+            ),
+            cell(f.dead_lettered, 0),
+            format!(
+                "{} / {}",
+                cell(f.concurrency_limit_min, 0),
+                cell(f.concurrency_limit_end, 0)
+            ),
+            cell(f.sim_requests, 0),
+            cell(f.sim_max_in_flight_seen, 0),
+            cell(f.sim_overloaded, 0),
+            cell(s.p99_ms, 1),
         ]));
     }
     out

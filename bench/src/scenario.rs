@@ -43,11 +43,24 @@ pub enum Kind {
     /// Worker run as `Scenario::replicas` processes (distinct `LINKER_REPLICA_ID`s)
     /// against one mos-sim with a fixed latency, on the RabbitMQ 4.0 broker.
     Replicas,
+    /// Worker (default configuration), instant mos-sim behind a token-bucket
+    /// rate limit (`Scenario::rate_limit`, default burst): 429s, pauses, pacing.
+    RateLimit,
+    /// Worker against mos-sim's capacity model (`Scenario::capacity` calls in
+    /// flight at `latency_ms`, more wait longer, past the hard limit 503):
+    /// the adaptive limit (`Scenario::concurrency` None) or a fixed one.
+    Capacity,
 }
 
 impl Kind {
     pub fn is_bare(self) -> bool {
         matches!(self, Kind::Bare | Kind::BareBatched)
+    }
+
+    /// The issue-12 scenarios: 429s and retries are expected and reported,
+    /// not a failure (a dead letter or a lost message still is).
+    pub fn is_flow(self) -> bool {
+        matches!(self, Kind::RateLimit | Kind::Capacity)
     }
 }
 
@@ -65,6 +78,21 @@ pub struct Scenario {
     pub replicas: usize,
     /// The broker of this scenario (`--amqp-url`, or `--amqp-url-4` for `Replicas`).
     pub amqp_url: String,
+    /// mos-sim `--rate-limit` (requests per second; burst: its default, ceil(rate)).
+    pub rate_limit: Option<f64>,
+    /// mos-sim `--capacity` (calls in flight served at `latency_ms`).
+    pub capacity: Option<u32>,
+    /// mos-sim `--capacity-hard-limit` (503 past it).
+    pub capacity_hard_limit: Option<u32>,
+    /// `LINKER_CONCURRENCY` of this scenario; None: `--concurrency`.
+    pub concurrency: Option<usize>,
+}
+
+impl Scenario {
+    /// mos-sim's default burst for `--rate-limit`.
+    pub fn rate_limit_burst(&self) -> Option<u32> {
+        self.rate_limit.map(|r| (r.ceil() as u32).max(1))
+    }
 }
 
 /// `LINKER_REPLICA_ID`s of the replica scenarios, in start order. Their
@@ -185,6 +213,60 @@ pub struct RunResult {
     /// settled its last message (all replicas busy; the rest of the window is
     /// the replicas with more partitions finishing alone).
     pub all_busy_msg_per_s: Option<f64>,
+    /// Rate-limit and capacity scenarios: what the worker's flow control did.
+    pub flow: Option<FlowResult>,
+}
+
+/// The worker's flow-control metrics at the end of a run (whole process
+/// lifetime: a pause can begin before the window opens), and the lowest
+/// `identity_linker_concurrency_limit` any scrape saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlowResult {
+    /// Seconds from the window start until the last message settled (= window_secs).
+    pub drain_secs: f64,
+    /// Messages settled before the window opened.
+    pub settled_before_window: u64,
+    /// `identity_linker_rate_limited_total`.
+    pub rate_limited: u64,
+    /// `identity_linker_rate_limit_paused_seconds_total`.
+    pub paused_secs: f64,
+    /// `identity_linker_retries_total{kind="immediate"}` / `{kind="delayed"}`.
+    pub retries_immediate: u64,
+    pub retries_delayed: u64,
+    /// `identity_linker_dead_lettered_total`, all reasons.
+    pub dead_lettered: u64,
+    pub concurrency_limit_min: Option<f64>,
+    pub concurrency_limit_end: Option<f64>,
+}
+
+/// Sum of the samples of metric `name` (exact series name) whose labels
+/// include `label="value"` (if given), from a Prometheus / OpenMetrics text.
+pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        if let Some((k, v)) = label
+            && !labels.contains(&format!("{k}=\"{v}\""))
+        {
+            continue;
+        }
+        if let Ok(value) = value.parse::<f64>() {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
 }
 
 /// The run's private names and worker variables, and where its mos-sim listens.
@@ -193,12 +275,13 @@ struct Names {
     sim_port: u16,
 }
 
-fn names(bench: &Bench, amqp_url: &str, sim_port: u16) -> Result<Names, String> {
+fn names(bench: &Bench, scenario: &Scenario, sim_port: u16) -> Result<Names, String> {
     let sim_url = format!("http://127.0.0.1:{sim_port}{}", mos_sim::ENDPOINT_PATH);
+    let concurrency = scenario.concurrency.unwrap_or(bench.concurrency);
     let vars = with(
-        private_vars("bench", amqp_url, &sim_url, SIM_KEY),
+        private_vars("bench", &scenario.amqp_url, &sim_url, SIM_KEY),
         &[
-            ("LINKER_CONCURRENCY", &bench.concurrency.to_string()),
+            ("LINKER_CONCURRENCY", &concurrency.to_string()),
             ("LINKER_PREFETCH", &bench.prefetch.to_string()),
         ],
     );
@@ -264,7 +347,7 @@ fn cpu_now(consumers: &[u32], sim: Option<u32>, broker: &[u32]) -> Cpu {
 /// Runs one scenario once. Cleans up (children, queues) whatever happens.
 pub async fn run_once(bench: &Bench, scenario: &Scenario, run: usize) -> Result<RunResult, String> {
     let connection = try_connect(&scenario.amqp_url, "bench harness").await?;
-    let names = names(bench, &scenario.amqp_url, testkit::process::free_port())?;
+    let names = names(bench, scenario, testkit::process::free_port())?;
     let topology = &names.private.topology;
     names.private.declare(&connection).await?;
 
@@ -302,7 +385,7 @@ async fn start_sim(
     run: usize,
     port: u16,
 ) -> Result<Proc, String> {
-    let args = vec![
+    let mut args = vec![
         "--addr".to_owned(),
         format!("127.0.0.1:{port}"),
         "--key".to_owned(),
@@ -314,6 +397,15 @@ async fn start_sim(
         // The run reads its counters from /_sim/stats.
         "--control".to_owned(),
     ];
+    if let Some(rate) = scenario.rate_limit {
+        args.extend(["--rate-limit".to_owned(), rate.to_string()]);
+    }
+    if let Some(capacity) = scenario.capacity {
+        args.extend(["--capacity".to_owned(), capacity.to_string()]);
+    }
+    if let Some(hard) = scenario.capacity_hard_limit {
+        args.extend(["--capacity-hard-limit".to_owned(), hard.to_string()]);
+    }
     let log = bench
         .log_dir
         .join(format!("{}-{run}-mos-sim.log", scenario.name));
@@ -565,9 +657,18 @@ async fn measure_worker(
         let mut next_sample = Instant::now();
         // Every scrape: (time, total settled, settled per replica).
         let mut history: Vec<(Instant, u64, Vec<u64>)> = Vec::new();
+        let flow_kind = scenario.kind.is_flow();
+        let mut limit_min: Option<f64> = None;
         let (end, end_each, t1) = loop {
             let (now, each, t) = scrape_all(&bench.http, &replicas).await?;
-            let settled = now.settled();
+            let mut settled = now.settled();
+            if flow_kind {
+                // A delayed retry is not a final outcome: its message comes back.
+                settled -= now.outcome("retried");
+                if let Some(l) = metric(&now.text, "identity_linker_concurrency_limit", None) {
+                    limit_min = Some(limit_min.map_or(l, |m: f64| m.min(l)));
+                }
+            }
             history.push((t, settled, each.clone()));
             if Instant::now() >= next_sample {
                 result.timeline.push(Sample {
@@ -644,6 +745,42 @@ async fn measure_worker(
         result.api_call_mean_ms =
             stats::window_mean(end.api_duration, start.api_duration).map(|m| m * 1e3);
         result.outcomes = end.outcomes.clone();
+        if flow_kind {
+            let text = &end.text;
+            let count = |name: &str, label| metric(text, name, label).unwrap_or(0.0);
+            let flow = FlowResult {
+                drain_secs: result.window_secs,
+                settled_before_window: m0,
+                rate_limited: count("identity_linker_rate_limited_total", None) as u64,
+                paused_secs: count("identity_linker_rate_limit_paused_seconds_total", None),
+                retries_immediate: count(
+                    "identity_linker_retries_total",
+                    Some(("kind", "immediate")),
+                ) as u64,
+                retries_delayed: count("identity_linker_retries_total", Some(("kind", "delayed")))
+                    as u64,
+                dead_lettered: count("identity_linker_dead_lettered_total", None) as u64,
+                concurrency_limit_min: limit_min,
+                concurrency_limit_end: metric(text, "identity_linker_concurrency_limit", None),
+            };
+            result.flow = Some(flow.clone());
+            // Retries (immediate or delayed) are reported, not a failure; a
+            // message that did not end linked is.
+            if end.outcome("dead_lettered") + end.outcome("skipped") != 0 {
+                return Err(format!(
+                    "unexpected outcomes: {:?}; dead letters {:?}; flow {flow:?}",
+                    end.outcomes, end.dead_lettered
+                ));
+            }
+            let linked = end.settled() - end.outcome("retried");
+            if linked != n {
+                return Err(format!(
+                    "{linked} linked, expected {n}; outcomes {:?}",
+                    end.outcomes
+                ));
+            }
+            return Ok(());
+        }
         if end.outcome("dead_lettered") + end.outcome("retried") + end.outcome("skipped") != 0 {
             return Err(format!("unexpected outcomes: {:?}", end.outcomes));
         }
@@ -813,4 +950,45 @@ async fn measure_bare(
     exited_0(outcome, code, |code| {
         format!("the bare consumer exited with {code:?}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_the_series_with_the_label() {
+        let text = "# TYPE identity_linker_retries counter\n\
+            identity_linker_retries_total{kind=\"immediate\"} 3\n\
+            identity_linker_retries_total{kind=\"delayed\"} 2\n\
+            identity_linker_rate_limit_paused_seconds_total 1.5\n\
+            identity_linker_concurrency_limit 117\n\
+            identity_linker_concurrency_limit_other 1\n\
+            # EOF\n";
+        let delayed = Some(("kind", "delayed"));
+        assert_eq!(
+            metric(text, "identity_linker_retries_total", delayed),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(text, "identity_linker_retries_total", None),
+            Some(5.0)
+        );
+        assert_eq!(
+            metric(
+                text,
+                "identity_linker_rate_limit_paused_seconds_total",
+                None
+            ),
+            Some(1.5)
+        );
+        assert_eq!(
+            metric(text, "identity_linker_concurrency_limit", None),
+            Some(117.0)
+        );
+        assert_eq!(
+            metric(text, "identity_linker_rate_limited_total", None),
+            None
+        );
+    }
 }
