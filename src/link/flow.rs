@@ -156,6 +156,18 @@ impl Signal {
 }
 
 impl Limit {
+    fn new(start: f64, ceiling: f64) -> Self {
+        Self {
+            limit: start,
+            ceiling,
+            in_flight: 0,
+            recent: None,
+            baseline: None,
+            baseline_at: None,
+            last_decrease: None,
+        }
+    }
+
     fn allowed(&self) -> usize {
         (self.limit as usize).max(1)
     }
@@ -222,15 +234,7 @@ impl Flow {
                 next_slot: Instant::now(),
                 recent: VecDeque::new(),
             }),
-            limit: Mutex::new(Limit {
-                limit: ceiling,
-                ceiling,
-                in_flight: 0,
-                recent: None,
-                baseline: None,
-                baseline_at: None,
-                last_decrease: None,
-            }),
+            limit: Mutex::new(Limit::new(ceiling, ceiling)),
             slot_freed: Notify::new(),
             metrics,
         }
@@ -400,15 +404,7 @@ mod tests {
     #[test]
     fn the_limit_falls_on_overload_and_grows_back_while_healthy() {
         let now = Instant::now();
-        let mut limit = Limit {
-            limit: 64.0,
-            ceiling: 64.0,
-            in_flight: 0,
-            recent: None,
-            baseline: None,
-            baseline_at: None,
-            last_decrease: None,
-        };
+        let mut limit = Limit::new(64.0, 64.0);
         let fast = Signal::Answered(Duration::from_millis(10));
         limit.record(fast, true, now);
         // Latency far above the baseline: decrease, once per round trip.
@@ -437,15 +433,7 @@ mod tests {
     #[test]
     fn an_idle_limit_does_not_grow() {
         let now = Instant::now();
-        let mut limit = Limit {
-            limit: 4.0,
-            ceiling: 64.0,
-            in_flight: 0,
-            recent: None,
-            baseline: None,
-            baseline_at: None,
-            last_decrease: None,
-        };
+        let mut limit = Limit::new(4.0, 64.0);
         for i in 0..1000 {
             limit.record(
                 Signal::Answered(Duration::from_millis(5)),
