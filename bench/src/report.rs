@@ -550,13 +550,8 @@ pub fn table(summaries: &[Summary]) -> String {
                 .ratio_to_bare
                 .map_or("–".into(), |r| format!("{:.2} of bare", r.median)),
         };
-        let fail = if s.failures.is_empty() {
-            String::new()
-        } else {
-            format!(" **{} failed**", s.failures.len())
-        };
         out.push_str(&row(&[
-            format!("{}{fail}", s.name),
+            labelled(s),
             s.events.to_string(),
             cell(s.msg_per_s, 0),
             ratio,
@@ -568,6 +563,15 @@ pub fn table(summaries: &[Summary]) -> String {
         ]));
     }
     out
+}
+
+/// A scenario's name, with how many runs failed if any did.
+fn labelled(s: &Summary) -> String {
+    if s.failures.is_empty() {
+        s.name.clone()
+    } else {
+        format!("{} **{} failed**", s.name, s.failures.len())
+    }
 }
 
 /// The rate-limit and capacity scenarios' own figures (empty if none ran).
@@ -583,13 +587,8 @@ pub fn flow_table(summaries: &[Summary]) -> String {
         "| scenario | events | drain s | bound s | drain / bound | 429 share | worker rate limits | paused s | retries immediate / delayed | dead letters | concurrency limit min / end | sim requests | sim max in flight | sim 503 (overloaded) | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (s, f) in flows {
-        let fail = if s.failures.is_empty() {
-            String::new()
-        } else {
-            format!(" **{} failed**", s.failures.len())
-        };
         out.push_str(&row(&[
-            format!("{}{fail}", s.name),
+            labelled(s),
             s.events.to_string(),
             cell(f.drain_secs, 2),
             f.drain_bound_secs.map_or("–".into(), |b| format!("{b:.1}")),
