@@ -43,11 +43,11 @@ struct Args {
     /// Scenarios to run, comma list of bare,bare-batched,instant,direct,latency,repeated,
     /// replicas-1,replicas-3 (any replicas-N up to 16; large is added by --large),
     /// ratelimit-200,ratelimit-500 (any ratelimit-R: mos-sim --rate-limit R, default burst),
-    /// capacity (adaptive limit), capacity-fixed-64 (any capacity-fixed-C: LINKER_CONCURRENCY=C).
+    /// capacity (adaptive limit), capacity-fixed-16 (any capacity-fixed-C: LINKER_CONCURRENCY=C).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "bare,bare-batched,instant,direct,latency,repeated,replicas-1,replicas-3,ratelimit-200,ratelimit-500,capacity,capacity-fixed-64"
+        default_value = "bare,bare-batched,instant,direct,latency,repeated,replicas-1,replicas-3,ratelimit-200,ratelimit-500,capacity,capacity-fixed-16,capacity-fixed-24"
     )]
     scenarios: Vec<String>,
     /// Quick CI check: --events 2000 --runs 1, results to target/bench-smoke/.
@@ -81,13 +81,15 @@ struct Args {
     #[arg(long, default_value_t = 50_000)]
     capacity_events: usize,
     /// mos-sim --capacity of the capacity scenarios: calls in flight served at --capacity-latency-ms.
-    #[arg(long, default_value_t = 64)]
+    /// 16 at 10 ms = 1 600/s, below what two cores drain at 20 ms (about
+    /// 2 500/s), so that the endpoint, not the machine, is the limit.
+    #[arg(long, default_value_t = 16)]
     capacity: u32,
     /// mos-sim --latency of the capacity scenarios, ms (capacity / latency = the throughput capacity).
     #[arg(long, default_value_t = 10)]
     capacity_latency_ms: u64,
     /// mos-sim --capacity-hard-limit of the capacity scenarios (503 past it).
-    #[arg(long, default_value_t = 192)]
+    #[arg(long, default_value_t = 48)]
     capacity_hard_limit: u32,
     /// How often each pair occurs in the repeated-logins scenario.
     #[arg(long, default_value_t = 10)]
@@ -112,6 +114,11 @@ struct Args {
     /// Worker binary (default: target/release/identity-link-worker, built first).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// A worker binary built from an earlier commit: the instant and 20 ms
+    /// scenarios run with it too, in the same rounds ("… (before)"), so the
+    /// report compares the two side by side.
+    #[arg(long)]
+    before_bin: Option<PathBuf>,
     /// mos-sim binary (default: target/release/mos-sim, built first).
     #[arg(long)]
     sim_bin: Option<PathBuf>,
@@ -384,6 +391,7 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
                 capacity: None,
                 capacity_hard_limit: None,
                 concurrency: None,
+                worker_bin: None,
             });
             continue;
         }
@@ -406,6 +414,7 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
                 capacity: None,
                 capacity_hard_limit: None,
                 concurrency: None,
+                worker_bin: None,
             });
             continue;
         }
@@ -443,6 +452,7 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
                 capacity: Some(args.capacity),
                 capacity_hard_limit: Some(args.capacity_hard_limit),
                 concurrency: fixed,
+                worker_bin: None,
             });
             continue;
         }
@@ -478,7 +488,23 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             capacity: None,
             capacity_hard_limit: None,
             concurrency: None,
+            worker_bin: None,
         });
+    }
+    if let Some(before) = &args.before_bin {
+        if !before.exists() {
+            return Err(format!("--before-bin {} does not exist", before.display()));
+        }
+        let twins: Vec<Scenario> = scenarios
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::Instant | Kind::Latency))
+            .map(|s| Scenario {
+                name: format!("{} (before)", s.name),
+                worker_bin: Some(before.clone()),
+                ..s.clone()
+            })
+            .collect();
+        scenarios.extend(twins);
     }
     if args.large {
         scenarios.push(Scenario {
@@ -494,6 +520,7 @@ async fn run(args: &mut Args, argv: &[String]) -> Result<bool, String> {
             capacity: None,
             capacity_hard_limit: None,
             concurrency: None,
+            worker_bin: None,
         });
     }
 

@@ -44,6 +44,8 @@ pub struct Summary {
     pub other_busy_cores: Option<Spread>,
     /// Rate-limit and capacity scenarios (issue 12).
     pub flow: Option<FlowSummary>,
+    /// Run with `--before-bin` (an earlier build), for comparison only.
+    pub before: bool,
     pub runs: Vec<RunResult>,
 }
 
@@ -195,6 +197,7 @@ pub fn summarise(
                 machine_busy_cores: of(&runs, |r| Some(r.machine_busy_cores)),
                 other_busy_cores: of(&runs, |r| Some(r.other_busy_cores)),
                 flow: flow_summary(s, &runs),
+                before: s.worker_bin.is_some(),
                 runs,
             }
         })
@@ -205,7 +208,7 @@ pub fn summarise(
         .map(|s| (s.msg_per_s, s.runs.clone()));
     let instant = out
         .iter()
-        .find(|s| s.kind == Kind::Instant)
+        .find(|s| s.kind == Kind::Instant && !s.before)
         .and_then(|s| s.msg_per_s);
     let one_replica = out
         .iter()
@@ -251,8 +254,36 @@ pub fn summarise(
 }
 
 pub fn targets(summaries: &[Summary]) -> Vec<Target> {
-    let find = |k: Kind| summaries.iter().find(|s| s.kind == k);
+    let find = |k: Kind| summaries.iter().find(|s| s.kind == k && !s.before);
     let mut out = Vec::new();
+    for kind in [Kind::Instant, Kind::Latency] {
+        let before = summaries.iter().find(|s| s.kind == kind && s.before);
+        if let (Some(now), Some(before)) = (find(kind), before) {
+            let ratio = now
+                .msg_per_s
+                .zip(before.msg_per_s)
+                .map(|(n, b)| n.median / b.median);
+            out.push(Target {
+                name: format!("{}: throughput now / before (--before-bin)", now.name),
+                wanted: ">= 0.95 (run-to-run noise)".into(),
+                measured: ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+                met: ratio.map(|r| r >= 0.95),
+            });
+            let (n, b) = (
+                now.p99_ms.map(|p| p.median),
+                before.p99_ms.map(|p| p.median),
+            );
+            out.push(Target {
+                name: format!("{}: p99 delivery-to-ack now vs before", now.name),
+                wanted: "reported".into(),
+                measured: match (n, b) {
+                    (Some(n), Some(b)) => format!("{n:.1} vs {b:.1} ms"),
+                    _ => "n/a".into(),
+                },
+                met: None,
+            });
+        }
+    }
     if let Some(s) = find(Kind::Instant) {
         let ratio = s.ratio_to_bare.map(|r| r.median);
         out.push(Target {

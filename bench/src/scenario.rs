@@ -86,6 +86,9 @@ pub struct Scenario {
     pub capacity_hard_limit: Option<u32>,
     /// `LINKER_CONCURRENCY` of this scenario; None: `--concurrency`.
     pub concurrency: Option<usize>,
+    /// Another worker binary (`--before-bin`: an earlier commit's build) for
+    /// this scenario; None: the worker under test.
+    pub worker_bin: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -547,7 +550,7 @@ fn spawn_replicas(
         });
         let proc = Proc::spawn(
             "identity-link-worker",
-            &bench.worker_bin,
+            scenario.worker_bin.as_ref().unwrap_or(&bench.worker_bin),
             &["run".to_owned()],
             &env,
             log.clone(),
