@@ -5,10 +5,13 @@
    worker's live /metrics page: no alert or panel queries a name that does not exist.
 2. A real Prometheus (Debian's, from $PROMETHEUS) scrapes the worker, and a query
    through its HTTP API returns identity_linker_messages_total with the expected value.
+3. The Dockerfile header's `docker run … check-config` example, run on the binary with
+   the example's variables (and its mos-sim's), exits 0; without them, 2.
 
 Starts mos-sim and the worker (cargo build of the two binaries, private queue names, free ports),
 publishes N events with `identity-link-worker publish`, checks, then cleans up
-(processes killed, queues and exchanges deleted through the management API).
+(processes stopped, every queue of the private prefix and the exchanges deleted
+through the management API).
 Needs RabbitMQ (scripts/ensure-rabbitmq). Exits 1 on any failure.
 """
 
