@@ -9,9 +9,24 @@
 #            tests only; never deployed.
 #
 #   docker build -t identity-link-worker .
-#   docker run --rm identity-link-worker identity-link-worker check-config
 #   docker build --target mos-sim -t mos-sim .
-#   docker run --rm -e MOS_SIM_KEY=k -p 127.0.0.1:8080:8080 mos-sim
+#   docker run --rm -d --name mos-sim -e MOS_SIM_KEY=k -p 127.0.0.1:8080:8080 mos-sim
+#
+# check-config needs the endpoint URL and a key (without them it exits 2 naming
+# the variable) and a broker: with --network host the container reaches
+# RabbitMQ on the host's 127.0.0.1:5672 (the default LINKER_AMQP_URL, where
+# guest may log in) and the simulator above. Exit 0: broker, topology,
+# endpoint and key checked (scripts/deploy-check/live_check.py runs this
+# command's variables against the binary):
+#
+#   docker run --rm --network host \
+#     -e LINKER_MOS_ENDPOINT_URL=http://127.0.0.1:8080/api/v1/envs/local/endpoints/link-identities \
+#     -e LINKER_MOS_SECRET_KEY=k \
+#     identity-link-worker identity-link-worker check-config
+#
+# (In production the key comes from a file, LINKER_MOS_SECRET_KEY_FILE, as the
+# Kubernetes Deployment mounts it; the image runs as uid 65532, so the file
+# must be readable by it.)
 
 ARG RUST_VERSION=1
 

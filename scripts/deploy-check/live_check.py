@@ -5,10 +5,13 @@
    worker's live /metrics page: no alert or panel queries a name that does not exist.
 2. A real Prometheus (Debian's, from $PROMETHEUS) scrapes the worker, and a query
    through its HTTP API returns identity_linker_messages_total with the expected value.
+3. The Dockerfile header's `docker run … check-config` example, run on the binary with
+   the example's variables (and its mos-sim's), exits 0; without them, 2.
 
 Starts mos-sim and the worker (cargo build of the two binaries, private queue names, free ports),
 publishes N events with `identity-link-worker publish`, checks, then cleans up
-(processes killed, queues and exchanges deleted through the management API).
+(processes stopped, every queue of the private prefix and the exchanges deleted
+through the management API).
 Needs RabbitMQ (scripts/ensure-rabbitmq). Exits 1 on any failure.
 """
 
@@ -16,64 +19,80 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
-import urllib.request
 import uuid
-from base64 import b64encode
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import defaults  # noqa: E402
+from livekit import ROOT, build_binaries, delete_topology, free_port, get, private_names, require_broker  # noqa: E402
+from livekit import wait as _wait  # noqa: E402
 
+WHO = "live check"
 EVENTS = 5
 KEY = "live-check-key-" + uuid.uuid4().hex[:8]
-MANAGEMENT = "http://127.0.0.1:15672/api"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, auth: bool = False, timeout: float = 5) -> bytes:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.read()
 
 
 def wait(what: str, check, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - retried until the deadline
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"live check: timed out waiting for {what}")
-        time.sleep(0.25)
+    _wait(WHO, what, check, limit)
 
 
-def delete(kind: str, name: str) -> None:
-    request = urllib.request.Request(
-        f"{MANAGEMENT}/{kind}/%2f/{urllib.parse.quote(name, safe='')}", method="DELETE"
-    )
-    request.add_header("Authorization", "Basic " + b64encode(b"guest:guest").decode())
+def dockerfile_examples() -> tuple[dict[str, str], dict[str, str]]:
+    """The -e variables of the Dockerfile header's `docker run` examples: (mos-sim's, check-config's)."""
+    lines, pending = [], ""
+    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if not raw.startswith("#"):
+            break
+        text = raw[1:].strip()
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        lines.append(pending + text)
+        pending = ""
+    runs = [shlex.split(line) for line in lines if line.startswith("docker run ")]
+    sim = [r for r in runs if r[-1] == "mos-sim"]
+    check = [r for r in runs if r[-2:] == ["identity-link-worker", "check-config"]]
+    if len(sim) != 1 or len(check) != 1:
+        raise SystemExit(f"{WHO}: the Dockerfile's header should hold one `docker run … mos-sim` and one "
+                         f"`docker run … identity-link-worker check-config` example")
+
+    def variables(words: list[str]) -> dict[str, str]:
+        return dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-e")
+
+    return variables(sim[0]), variables(check[0])
+
+
+def check_docker_example(worker_bin: Path, sim_bin: Path, work: Path) -> str:
+    """Run the Dockerfile's check-config example on the binary: exit 0 with its variables, 2 without."""
+    sim_env, check_env = dockerfile_examples()
+    port = free_port()
+    # The example's simulator listens on 127.0.0.1:8080 (published port); here on a free one.
+    check_env = {k: v.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for k, v in check_env.items()}
+    path = os.environ.get("PATH", "")
+    sim = subprocess.Popen([str(sim_bin), "--addr", f"127.0.0.1:{port}"], env={"PATH": path, **sim_env},
+                           stdout=open(work / "example-sim.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        urllib.request.urlopen(request, timeout=5).read()
-    except Exception:  # noqa: BLE001 - best-effort cleanup
-        pass
+        wait("the example's mos-sim", lambda: get(f"http://127.0.0.1:{port}/healthz") is not None)
+        bare = subprocess.run([str(worker_bin), "check-config"], env={"PATH": path},
+                              capture_output=True, text=True, timeout=60)
+        if bare.returncode != 2 or "LINKER_MOS_" not in bare.stderr:
+            raise SystemExit(f"{WHO}: check-config without variables should exit 2 naming a LINKER_MOS_* "
+                             f"variable: exit {bare.returncode}, stderr {bare.stderr!r}")
+        full = subprocess.run([str(worker_bin), "check-config"], env={"PATH": path, **check_env},
+                              capture_output=True, text=True, timeout=60)
+        if full.returncode != 0:
+            raise SystemExit(f"{WHO}: the Dockerfile's check-config example exits {full.returncode}:\n"
+                             f"{full.stdout}{full.stderr}")
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)
+    return (f"the Dockerfile's `docker run … check-config` example exits 0 with its variables "
+            f"({', '.join(sorted(check_env))}; 2 without)")
 
 
 def main() -> int:
@@ -81,12 +100,10 @@ def main() -> int:
     if not prometheus_bin or not Path(prometheus_bin).exists():
         print("live check: no prometheus binary (set PROMETHEUS)", file=sys.stderr)
         return 1
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "identity-link-worker", "-p", "mos-sim"], cwd=ROOT, check=True)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
-    worker_bin, sim_bin = target / "identity-link-worker", target / "mos-sim"
+    require_broker(WHO)
+    worker_bin, sim_bin = build_binaries()
 
-    suffix = uuid.uuid4().hex[:8]
-    queue, exchange = f"live-{suffix}", f"live-{suffix}.auth.events"
+    queue, exchange = private_names("live")
     sim_port, ops_port, prom_port = free_port(), free_port(), free_port()
     work = Path(tempfile.mkdtemp(prefix="ilw-live-"))
     env = {
@@ -159,7 +176,8 @@ def main() -> int:
             return bool(values) and float(values[0]["value"][1]) == EVENTS
 
         wait("Prometheus to scrape the worker", answered, limit=90)
-        print(f"{found}; Prometheus ({prometheus_bin}) scraped the worker and answered "
+        example = check_docker_example(worker_bin, sim_bin, work)
+        print(f"{found}; {example}; Prometheus ({prometheus_bin}) scraped the worker and answered "
               f"sum(identity_linker_messages_total{{outcome=\"linked\"}}) = {EVENTS}")
         return 0
     finally:
@@ -170,11 +188,10 @@ def main() -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        # The worker runs with the default ladder (docs/interface.md).
-        for name in [queue, f"{queue}.dead"] + [f"{queue}.retry.{d}" for d in defaults().retry_delays]:
-            delete("queues", name)
-        for name in [exchange, f"{queue}.dead"]:
-            delete("exchanges", name)
+        # Every queue of the prefix: work, retry, dead and partition queues.
+        left = delete_topology(queue, [exchange, f"{queue}.dead"])
+        if left:
+            print(f"{WHO}: could not clean up: {', '.join(left)}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
 
 
