@@ -12,7 +12,7 @@ use futures_util::stream::{BoxStream, SelectAll};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,8 +23,7 @@ use super::partitions::{PartitionActivity, consumer_priority};
 use super::settle::{InHand, Pipeline, Route, SessionContext, Source, settle};
 use super::turns::Turns;
 use crate::handler::{Inbound, Role};
-use crate::link::flow::Admission;
-use crate::link::{Circuit, Flow};
+use crate::link::Circuit;
 use crate::ops::readiness::Readiness;
 
 pub enum SessionEnd {
@@ -38,9 +37,8 @@ pub struct Consumer<'a> {
     pub pipeline: &'a Arc<Pipeline>,
     pub circuit: &'a Circuit,
     pub readiness: &'a Readiness,
-    /// Decides how many events are in hand (`link::flow`: the adaptive
-    /// limit, at most `LINKER_CONCURRENCY`).
-    pub flow: &'a Arc<Flow>,
+    /// Slots of `LINKER_CONCURRENCY`.
+    pub permits: &'a Arc<Semaphore>,
     pub tasks: &'a TaskTracker,
     pub stop: &'a CancellationToken,
     /// This replica's id, which weighs its claim on each partition.
@@ -84,7 +82,12 @@ struct Dispatch<'a> {
 }
 
 impl Dispatch<'_> {
-    fn spawn(&mut self, source: usize, mut delivery: Delivery, admission: Option<Admission>) {
+    fn spawn(
+        &mut self,
+        source: usize,
+        mut delivery: Delivery,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let received = Instant::now();
         let Consumer {
             session,
@@ -145,7 +148,7 @@ impl Dispatch<'_> {
             prepared,
             turn,
             received,
-            admission,
+            permit,
         };
         tasks.spawn(async move { settle(&context, &sources[source], in_hand).await });
     }
@@ -300,11 +303,14 @@ impl Consumer<'_> {
                 }
                 next = deliveries.next() => match next {
                     Some((source, Ok(delivery))) => {
-                        let admission = tokio::select! {
+                        let permit = tokio::select! {
                             _ = self.stop.cancelled() => return Ok(false),
-                            admission = self.flow.admit() => admission,
+                            permit = self.permits.clone().acquire_owned() => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return Ok(false),
+                            },
                         };
-                        dispatch.spawn(source, delivery, Some(admission));
+                        dispatch.spawn(source, delivery, Some(permit));
                     }
                     Some((_, Err(error))) => {
                         return Err(SessionEnd::Lost(format!("delivery stream failed: {error}")));

@@ -8,21 +8,11 @@
 //!   limit instead of meeting it again at full speed after every pause. The
 //!   pace is dropped once it has doubled without meeting a limit.
 //!   `LINKER_MAX_REQUESTS_PER_SECOND` adds a fixed pace of its own.
-//! - **Limit**: the calls in flight follow a limit between 1 and
-//!   `LINKER_CONCURRENCY`. It starts at [`INITIAL_LIMIT`] and doubles each
-//!   round trip until a queue appears or it reaches the ceiling (a slow
-//!   start, as TCP's: the first calls show the endpoint's latency unloaded,
-//!   and a healthy endpoint is at the ceiling after a few round trips). From the latency it estimates, as TCP Vegas does, how many of
-//!   its calls wait in the endpoint's queue: `limit × (1 − baseline /
-//!   latency)`, latency first lowered by [`LATENCY_SLACK`] so that the
-//!   worker's own scheduling on a fast endpoint is not taken for a queue.
-//!   Then +1 per round trip while the limit is in use and fewer than
-//!   [`QUEUE_LOW`] wait; ×0.9 (at most once per round trip) when more than
-//!   [`QUEUE_HIGH`] wait, or on a rate limit, a timeout or a 5xx.
-//! - **Admission**: events taken from the broker follow the limit too (a
-//!   quarter more, for those that need no call), so with a slow endpoint
-//!   the backlog waits in the queue, not in the process, and the time from
-//!   delivery to ack stays near the call's own.
+//! - **Limit**: the calls in flight follow an AIMD limit between 1 and
+//!   `LINKER_CONCURRENCY` (where it starts, so a healthy endpoint costs
+//!   nothing): +1 per round trip while the limit is in use and latency stays
+//!   within twice its baseline; ×0.9 (at most once per round trip) on a rate
+//!   limit, a timeout, a 5xx, or latency above that.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -40,20 +30,10 @@ use crate::ops::metrics::Metrics;
 /// the retry ladder like any failed call.
 pub const PATIENCE: Duration = Duration::from_secs(300);
 
-/// How slowly the latency baseline follows a latency that stays higher: an
-/// endpoint slower for good is no longer taken for a queue after some
-/// minutes, while a queue that lasts a run (the limit a little above the
-/// endpoint's capacity) hardly moves it.
-const BASELINE_CREEP: Duration = Duration::from_secs(300);
-/// Where the limit starts (at most the ceiling).
-const INITIAL_LIMIT: f64 = 8.0;
-/// Latency within this of its baseline is no queue: on an endpoint that
-/// answers in a millisecond, the worker's own scheduling is most of it.
-const LATENCY_SLACK: f64 = 0.002;
-/// Calls estimated waiting in the endpoint's queue: grow below this…
-const QUEUE_LOW: f64 = 3.0;
-/// …shrink above this.
-const QUEUE_HIGH: f64 = 6.0;
+/// How slowly the latency baseline follows a latency that stays higher.
+const BASELINE_CREEP: Duration = Duration::from_secs(60);
+/// Latency above this many times its baseline counts as overload.
+const LATENCY_TOLERANCE: f64 = 2.0;
 const DECREASE: f64 = 0.9;
 /// The pace after a rate limit: this share of the rate that met it…
 const PACE_AFTER_LIMIT: f64 = 0.9;
@@ -69,8 +49,6 @@ pub struct Flow {
     pace: Mutex<Pace>,
     limit: Mutex<Limit>,
     slot_freed: Notify,
-    /// Events in hand went down, or the limit changed.
-    room: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -147,12 +125,8 @@ struct Limit {
     limit: f64,
     ceiling: f64,
     in_flight: usize,
-    /// Events taken from the broker and not yet settled ([`Admission`]).
-    in_hand: usize,
-    /// Doubling each round trip, until the first decrease.
-    slow_start: bool,
     /// Smoothed latency of the last calls, and the lowest it has been
-    /// (creeping up over minutes, so an endpoint that got slower for good
+    /// (creeping up over a minute, so an endpoint that got slower for good
     /// is not taken as overloaded for ever), in seconds.
     recent: Option<f64>,
     baseline: Option<f64>,
@@ -187,8 +161,6 @@ impl Limit {
             limit: start,
             ceiling,
             in_flight: 0,
-            in_hand: 0,
-            slow_start: true,
             recent: None,
             baseline: None,
             baseline_at: None,
@@ -198,14 +170,6 @@ impl Limit {
 
     fn allowed(&self) -> usize {
         (self.limit as usize).max(1)
-    }
-
-    /// Events that may be in hand: the limit and a quarter, at most the ceiling.
-    fn admitted(&self) -> usize {
-        let allowed = self.allowed();
-        (allowed + allowed / 4 + 1)
-            .min(self.ceiling as usize)
-            .max(1)
     }
 
     fn decrease(&mut self, now: Instant) {
@@ -218,7 +182,6 @@ impl Limit {
         }
         self.limit = (self.limit * DECREASE).max(1.0);
         self.last_decrease = Some(now);
-        self.slow_start = false;
     }
 
     /// A call ended; `busy` tells whether the limit was in use when it did.
@@ -233,7 +196,7 @@ impl Limit {
                     None => latency,
                 };
                 self.recent = Some(recent);
-                // Creeps up with a time constant of minutes, whatever the
+                // Creeps up with a time constant of a minute, whatever the
                 // call rate: sustained overload must not become the baseline
                 // within seconds.
                 let creep = self.baseline_at.map_or(1.0, |at| {
@@ -245,17 +208,10 @@ impl Limit {
                 };
                 self.baseline = Some(baseline);
                 self.baseline_at = Some(now);
-                let queued = (recent - baseline - LATENCY_SLACK).max(0.0);
-                let waiting = self.limit * queued / recent.max(f64::MIN_POSITIVE);
-                if waiting > QUEUE_HIGH {
+                if recent > baseline * LATENCY_TOLERANCE {
                     self.decrease(now);
-                } else if busy && waiting < QUEUE_LOW {
-                    let step = if self.slow_start {
-                        1.0
-                    } else {
-                        1.0 / self.limit
-                    };
-                    self.limit = (self.limit + step).min(self.ceiling);
+                } else if busy {
+                    self.limit = (self.limit + 1.0 / self.limit).min(self.ceiling);
                 }
             }
         }
@@ -269,8 +225,7 @@ impl Flow {
         metrics: Arc<Metrics>,
     ) -> Self {
         let ceiling = ceiling.max(1) as f64;
-        let start = INITIAL_LIMIT.min(ceiling);
-        metrics.concurrency_limit.set(start as i64);
+        metrics.concurrency_limit.set(ceiling as i64);
         Self {
             paused_until: Mutex::new(None),
             pace: Mutex::new(Pace {
@@ -279,31 +234,9 @@ impl Flow {
                 next_slot: Instant::now(),
                 recent: VecDeque::new(),
             }),
-            limit: Mutex::new(Limit::new(start, ceiling)),
+            limit: Mutex::new(Limit::new(ceiling, ceiling)),
             slot_freed: Notify::new(),
-            room: Notify::new(),
             metrics,
-        }
-    }
-
-    /// Waits until one more event may be taken from the broker; the
-    /// admission counts it until dropped (once the event is settled).
-    pub async fn admit(self: &Arc<Self>) -> Admission {
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let mut limit = lock(&self.limit);
-                if limit.in_hand < limit.admitted() {
-                    limit.in_hand += 1;
-                    break;
-                }
-            }
-            room.await;
-        }
-        Admission {
-            flow: Arc::clone(self),
         }
     }
 
@@ -389,21 +322,6 @@ impl Flow {
         };
         self.metrics.concurrency_limit.set(allowed as i64);
         self.slot_freed.notify_one();
-        self.room.notify_one();
-    }
-}
-
-/// One event in hand, counted against the limit until dropped.
-pub struct Admission {
-    flow: Arc<Flow>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut limit = lock(&self.flow.limit);
-        limit.in_hand = limit.in_hand.saturating_sub(1);
-        drop(limit);
-        self.flow.room.notify_one();
     }
 }
 
@@ -512,84 +430,6 @@ mod tests {
         assert_eq!(limit.allowed(), 64);
     }
 
-    /// An endpoint serving `capacity` calls at once in `base`, queueing the rest.
-    fn settle_against(capacity: f64, base: Duration, start: f64) -> Limit {
-        let mut limit = Limit::new(start, 128.0);
-        let mut t = Instant::now();
-        // Seen unloaded once (the slow start, or the endpoint before it
-        // lost capacity).
-        limit.record(Signal::Answered(base), false, t);
-        for _ in 0..30_000 {
-            let latency = base.mul_f64((limit.limit / capacity).max(1.0));
-            t += latency.div_f64(limit.limit);
-            limit.record(Signal::Answered(latency), true, t);
-        }
-        limit
-    }
-
-    #[test]
-    fn the_limit_settles_just_above_an_endpoints_capacity() {
-        for (capacity, base_ms) in [(16.0, 10), (64.0, 10), (8.0, 50)] {
-            let base = Duration::from_millis(base_ms);
-            for start in [INITIAL_LIMIT, 128.0] {
-                let limit = settle_against(capacity, base, start).limit;
-                // The slack and the queue of 3 to 6 put it a little above.
-                let slack = LATENCY_SLACK / base.as_secs_f64();
-                let high = capacity * (1.0 + slack) + QUEUE_HIGH + 1.0;
-                assert!(
-                    limit >= capacity * 0.9 && limit <= high,
-                    "capacity {capacity} at {base_ms} ms from {start}: {limit}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn scheduling_noise_on_a_fast_endpoint_keeps_the_limit_at_the_ceiling() {
-        let mut limit = Limit::new(128.0, 128.0);
-        let mut t = Instant::now();
-        for i in 0..100_000_u64 {
-            // 0.2 ms calls, every tenth one 1.8 ms late (a busy runtime).
-            let late = if i % 10 == 0 { 1.8 } else { 0.0 };
-            let latency = Duration::from_secs_f64((0.2 + late) / 1000.0);
-            t += Duration::from_micros(10);
-            limit.record(Signal::Answered(latency), true, t);
-        }
-        assert_eq!(limit.allowed(), 128);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn events_in_hand_follow_the_limit() {
-        let flow = Arc::new(flow(8));
-        // At the ceiling: 8 in hand (a quarter more would pass it).
-        let mut held = Vec::new();
-        for _ in 0..8 {
-            held.push(flow.admit().await);
-        }
-        let more = tokio::time::timeout(Duration::from_secs(1), flow.admit()).await;
-        assert!(
-            more.is_err(),
-            "a ninth event was taken under a ceiling of 8"
-        );
-        // The limit falls to 4: events in hand are held to 4 + 1 + 1.
-        lock(&flow.limit).limit = 4.0;
-        held.truncate(5);
-        let sixth = tokio::time::timeout(Duration::from_secs(1), flow.admit()).await;
-        assert!(sixth.is_ok());
-        let more = tokio::time::timeout(Duration::from_secs(1), flow.admit()).await;
-        assert!(
-            more.is_err(),
-            "a seventh event was taken under a limit of 4"
-        );
-        // One settled: room for the next, at once.
-        held.pop();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(1), flow.admit())
-                .await
-                .is_ok()
-        );
-    }
-
     #[test]
     fn an_idle_limit_does_not_grow() {
         let now = Instant::now();
@@ -614,11 +454,10 @@ mod tests {
                 .done(&Ok::<(), CallError>(()), Duration::ZERO);
             tokio::time::advance(Duration::from_millis(9)).await;
         }
-        // Eight calls of the same moment (the initial limit) all come back
-        // limited: one episode.
+        // Ten calls of the same moment all come back limited: one episode.
         let together: Vec<Turn<'_>> = {
             let mut turns = Vec::new();
-            for _ in 0..8 {
+            for _ in 0..10 {
                 turns.push(flow.turn().await);
             }
             turns

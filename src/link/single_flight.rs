@@ -40,7 +40,7 @@ const SHARDS: usize = 16;
 
 pub struct Linker {
     client: LinkClient,
-    flow: Arc<Flow>,
+    flow: Flow,
     check: Arc<EndpointCheck>,
     cache: LinkedCache,
     circuit: Arc<Circuit>,
@@ -87,7 +87,7 @@ impl Linker {
         Self {
             check: Arc::new(EndpointCheck::new(client.clone())),
             client,
-            flow: Arc::new(flow),
+            flow,
             cache,
             circuit,
             metrics,
@@ -105,7 +105,7 @@ impl Linker {
         &self.client
     }
 
-    pub fn flow(&self) -> &Arc<Flow> {
+    pub fn flow(&self) -> &Flow {
         &self.flow
     }
 

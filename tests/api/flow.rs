@@ -71,9 +71,9 @@ async fn the_concurrency_limit_falls_under_overload_and_recovers() {
         latency_ms: 10,
         capacity: Some(Capacity {
             max_in_flight: 4,
-            // 70 ms at 16 in flight: about 13 of the 16 calls estimated
-            // queued (the limit shrinks above 6), about 5 at 8.
-            latency_per_extra_ms: 5.0,
+            // 40 ms at 16 in flight: four times the unloaded latency; within
+            // twice of it only up to 8.
+            latency_per_extra_ms: 2.5,
             hard_limit: 10_000,
             retry_after_secs: None,
         }),
