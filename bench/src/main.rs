@@ -89,7 +89,9 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     capacity_latency_ms: u64,
     /// mos-sim --capacity-hard-limit of the capacity scenarios (503 past it).
-    #[arg(long, default_value_t = 48)]
+    /// Above the default ceiling (128): the scenario measures the latency
+    /// signal, not a storm of 503s.
+    #[arg(long, default_value_t = 192)]
     capacity_hard_limit: u32,
     /// How often each pair occurs in the repeated-logins scenario.
     #[arg(long, default_value_t = 10)]
