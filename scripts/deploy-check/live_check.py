@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from livekit import ROOT, build_binaries, delete_topology, free_port, get, private_names, require_broker  # noqa: E402
+from livekit import ROOT, build_binaries, free_port, get, private_names, require_broker, stop_and_clean  # noqa: E402
 from livekit import wait as _wait  # noqa: E402
 
 WHO = "live check"
@@ -181,17 +181,7 @@ def main() -> int:
               f"sum(identity_linker_messages_total{{outcome=\"linked\"}}) = {EVENTS}")
         return 0
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        # Every queue of the prefix: work, retry, dead and partition queues.
-        left = delete_topology(queue, [exchange, f"{queue}.dead"])
-        if left:
-            print(f"{WHO}: could not clean up: {', '.join(left)}", file=sys.stderr)
+        stop_and_clean(WHO, processes, queue, exchange)
         shutil.rmtree(work, ignore_errors=True)
 
 

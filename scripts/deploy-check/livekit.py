@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -128,3 +130,19 @@ def delete_topology(prefix: str, exchanges: list[str]) -> list[str]:
         except OSError as e:
             left.append(f"exchange {name} ({e})")
     return left
+
+
+def stop_and_clean(who: str, processes: list[subprocess.Popen], queue: str, exchange: str) -> None:
+    """SIGTERM the processes (last started first), kill what has not exited
+    within 30 s, then delete every queue of the `queue` prefix (work, retry,
+    dead, partitions) and the two exchanges; what is left is reported."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    left = delete_topology(queue, [exchange, f"{queue}.dead"])
+    if left:
+        print(f"{who}: could not clean up: {', '.join(left)}", file=sys.stderr)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,13 @@ from livekit import (  # noqa: E402
     ROOT,
     build_binaries,
     counter,
-    delete_topology,
     free_port,
     get,
     management,
     private_names,
     quote,
     require_broker,
+    stop_and_clean,
     wait,
 )
 
@@ -192,16 +191,7 @@ def main() -> int:
               f"unroutable key and absent broker refused with one line, exit 1")
         return 0
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        left = delete_topology(queue, [exchange, f"{queue}.dead"])
-        if left:
-            print(f"{WHO}: could not clean up: {', '.join(left)}", file=sys.stderr)
+        stop_and_clean(WHO, processes, queue, exchange)
         if sys.exc_info()[0] is not None and worker_log.exists():
             print(f"--- worker log (last lines) ---\n"
                   + "\n".join(worker_log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
