@@ -359,18 +359,20 @@ impl Topology {
                 _ => connection.create_channel().await?,
             };
             let found = match &object {
-                TopologyObject::Exchange(name) => channel
-                    .exchange_declare(
-                        name.as_str().into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            passive: true,
-                            ..ExchangeDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map(drop),
+                // A passive declare checks the name only, not the kind.
+                TopologyObject::Exchange(name) => {
+                    channel
+                        .exchange_declare(
+                            name.as_str().into(),
+                            ExchangeKind::Topic,
+                            ExchangeDeclareOptions {
+                                passive: true,
+                                ..ExchangeDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                }
                 TopologyObject::Queue(name) => channel
                     .queue_declare(
                         name.as_str().into(),

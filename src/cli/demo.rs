@@ -147,7 +147,9 @@ async fn demo(users: usize) -> Result<(), String> {
     // URL, password redacted), not after the worker's readiness wait.
     let connection = connect(&config.broker, "identity-link-worker demo")
         .await
-        .map_err(|e| format!("{e}; the demo needs RabbitMQ there (LINKER_AMQP_URL sets another)"))?;
+        .map_err(|e| {
+            format!("{e}; the demo needs RabbitMQ there (LINKER_AMQP_URL sets another)")
+        })?;
     let app = Application::build(config.clone())
         .await
         .map_err(|e| e.to_string())?;

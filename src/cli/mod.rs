@@ -116,11 +116,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         },
         Command::Dlq { command } => match ToolConfig::from_env() {
             Ok(config) => {
-                let _logs =
-                    match telemetry::init(config.ops.log_format, config.ops.log_identifiers) {
-                        Ok(logs) => logs,
-                        Err(error) => return config_error(&error),
-                    };
+                let _logs = match telemetry::init(config.ops.log_format, config.ops.log_identifiers)
+                {
+                    Ok(logs) => logs,
+                    Err(error) => return config_error(&error),
+                };
                 match command {
                     DlqCommand::Stats => dlq::stats(&config).await,
                     DlqCommand::List { limit } => dlq::list(&config, limit).await,

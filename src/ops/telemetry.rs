@@ -464,14 +464,20 @@ mod tests {
         assert!(parse_filter("info,lapin=warn").is_ok());
         let error = parse_filter("info,lapin=loud").err().map(|e| e.to_string());
         let error = error.unwrap_or_default();
-        assert!(error.starts_with("RUST_LOG: invalid filter `info,lapin=loud`"), "{error}");
+        assert!(
+            error.starts_with("RUST_LOG: invalid filter `info,lapin=loud`"),
+            "{error}"
+        );
         assert_eq!(error.lines().count(), 1, "{error}");
     }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
         assert!(colours(true, None));
-        assert!(colours(true, Some(OsString::new())), "an empty NO_COLOR is unset");
+        assert!(
+            colours(true, Some(OsString::new())),
+            "an empty NO_COLOR is unset"
+        );
         assert!(!colours(true, Some("1".into())));
         assert!(!colours(false, None));
     }

@@ -41,7 +41,9 @@ fn mos_sim_bin() -> PathBuf {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut build = Command::new(cargo);
             build
-                .args(["build", "--locked", "--quiet", "-p", "mos-sim", "--bin", "mos-sim"])
+                .args([
+                    "build", "--locked", "--quiet", "-p", "mos-sim", "--bin", "mos-sim",
+                ])
                 .arg("--target-dir")
                 .arg(target_dir)
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -178,7 +180,11 @@ async fn dlq_replay_dry_run_lists_what_would_move_and_moves_nothing() {
         assert!(stdout.contains(&line), "{line} not in:\n{stdout}");
     }
     assert_eq!(depth(&connection, &private.topology.dead_letter).await, 3);
-    assert_eq!(depth(&connection, private.queue()).await, 0, "nothing moved");
+    assert_eq!(
+        depth(&connection, private.queue()).await,
+        0,
+        "nothing moved"
+    );
     private.delete(&connection).await.unwrap();
 }
 
@@ -201,8 +207,7 @@ fn dlq_replay_refuses_an_unknown_reason_listing_the_valid_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_replay_left_is_the_queue_depth_not_what_was_scanned() {
     let connection = broker().await;
-    let (private, vars, _) =
-        dead_letters(&connection, &[("rejected", 3), ("malformed", 2)]).await;
+    let (private, vars, _) = dead_letters(&connection, &[("rejected", 3), ("malformed", 2)]).await;
     // --limit 2 looks at two messages only; three more stay behind it.
     let output = worker(&vars)
         .args(["dlq", "replay", "--limit", "2"])
@@ -319,7 +324,11 @@ async fn check_config_lists_each_missing_object() {
     let output = worker(&vars).arg("check-config").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert_eq!(missing_lines(&stdout), [format!("queue {retry}")], "{stdout}");
+    assert_eq!(
+        missing_lines(&stdout),
+        [format!("queue {retry}")],
+        "{stdout}"
+    );
 
     // Declared again: present, and the check passes.
     private.declare(&connection).await.unwrap();

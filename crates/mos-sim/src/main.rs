@@ -441,15 +441,23 @@ mod tests {
         let help = <Cli as clap::CommandFactory>::command()
             .render_long_help()
             .to_string();
-        let url = format!("LINKER_MOS_ENDPOINT_URL=http://127.0.0.1:8080{}", mos_sim::ENDPOINT_PATH);
+        let url = format!(
+            "LINKER_MOS_ENDPOINT_URL=http://127.0.0.1:8080{}",
+            mos_sim::ENDPOINT_PATH
+        );
         assert!(help.contains(&url), "{url} missing from --help:\n{help}");
     }
 
     #[test]
     fn one_of_key_and_key_file_and_not_both() {
-        let error = Cli::try_parse_from(["mos-sim"]).err().map(|e| e.to_string());
+        let error = Cli::try_parse_from(["mos-sim"])
+            .err()
+            .map(|e| e.to_string());
         let error = error.unwrap_or_default();
-        assert!(error.contains("--key <KEY>") && error.contains("--key-file"), "{error}");
+        assert!(
+            error.contains("--key <KEY>") && error.contains("--key-file"),
+            "{error}"
+        );
         assert!(Cli::try_parse_from(["mos-sim", "--key", "k", "--key-file", "/f"]).is_err());
         assert!(Cli::try_parse_from(["mos-sim", "--key-file", "/f"]).is_ok());
     }
