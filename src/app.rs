@@ -169,7 +169,7 @@ impl Application {
                     self.readiness.set_connected(false);
                     self.readiness.set_broker_problem(Some(error.to_string()));
                     // Every node refused: only now the backoff.
-                    tracing::error!(%error, retry_in = ?backoff, "broker session failed");
+                    tracing::error!(%error, retry_in = %crate::ops::telemetry::duration(backoff), "broker session failed");
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(jittered(backoff)) => {}
@@ -226,7 +226,7 @@ impl Application {
                     } else {
                         jittered(backoff)
                     };
-                    tracing::warn!(%reason, retry_in = ?wait, "broker session lost; reconnecting");
+                    tracing::warn!(%reason, retry_in = %crate::ops::telemetry::duration(wait), "broker session lost; reconnecting");
                     // Let go of what is left (the broker redelivers it, maybe to
                     // another replica, so no call of ours may still be running), then close.
                     let_go(&session, &tasks).await;
@@ -294,7 +294,7 @@ async fn drain(tasks: &TaskTracker, deadline: Instant) {
         return;
     }
     let grace = deadline.saturating_duration_since(Instant::now());
-    tracing::info!(in_flight, ?grace, "waiting for in-flight messages");
+    tracing::info!(in_flight, grace = %crate::ops::telemetry::duration(grace), "waiting for in-flight messages");
     if tokio::time::timeout_at(deadline, tasks.wait())
         .await
         .is_err()

@@ -22,6 +22,7 @@ use super::connection::{open_confirm_channel, queue_depth};
 use super::headers;
 use super::publisher::{PublishError, Publisher};
 use super::topology::Topology;
+use crate::domain::DeadLetterReason;
 
 /// `dlq stats` looks at no more than this many messages to count reasons.
 pub const STATS_SCAN_LIMIT: usize = 100_000;
@@ -51,14 +52,41 @@ pub struct DlqStats {
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReplayReport {
+    /// Moved back (a dry run: would be moved back).
     pub replayed: usize,
+    /// The dead-letter queue's depth afterwards, as the broker reports it
+    /// (not what this replay looked at and left: it may have looked at few).
     pub left: usize,
+    /// What moved (a dry run: would move), in queue order.
+    pub moves: Vec<ReplayMove>,
     /// Left in place, and why: no route, or a route the worker does not consume.
     pub refused: Vec<String>,
     /// Replayed to `LINKER_EXCHANGE` although another exchange was recorded.
     pub rerouted: Vec<String>,
     pub failed: Vec<String>,
 }
+
+/// One dead letter a replay moves back.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayMove {
+    pub reason: String,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+}
+
+/// Every reason a dead letter can carry, as `--reason` accepts it: the
+/// worker's own (`x-linker-reason`), the broker's delivery limit, and
+/// `unknown` for a message with neither.
+pub fn reasons() -> Vec<&'static str> {
+    DeadLetterReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain([headers::DELIVERY_LIMIT_REASON, UNKNOWN_REASON])
+        .collect()
+}
+
+/// The reason shown for a dead letter that records none.
+const UNKNOWN_REASON: &str = "unknown";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -79,7 +107,7 @@ fn reason_of(props: &lapin::BasicProperties) -> String {
                 }
             })
         })
-        .unwrap_or_else(|| "unknown".to_owned())
+        .unwrap_or_else(|| UNKNOWN_REASON.to_owned())
 }
 
 fn view(delivery: &lapin::message::Delivery) -> DeadLetterView {
@@ -179,7 +207,31 @@ pub async fn replay(
     limit: usize,
     reason: Option<&str>,
 ) -> Result<ReplayReport, DlqError> {
-    let publisher = Publisher::new(open_confirm_channel(connection).await?);
+    replay_or_plan(connection, topology, limit, reason, false).await
+}
+
+/// What [`replay`] would move, with the same choices, moving nothing.
+pub async fn dry_run(
+    connection: &Connection,
+    topology: &Topology,
+    limit: usize,
+    reason: Option<&str>,
+) -> Result<ReplayReport, DlqError> {
+    replay_or_plan(connection, topology, limit, reason, true).await
+}
+
+async fn replay_or_plan(
+    connection: &Connection,
+    topology: &Topology,
+    limit: usize,
+    reason: Option<&str>,
+    dry_run: bool,
+) -> Result<ReplayReport, DlqError> {
+    let publisher = if dry_run {
+        None
+    } else {
+        Some(Publisher::new(open_confirm_channel(connection).await?))
+    };
     // Scan everything when filtering by reason: matches may be anywhere.
     let scan = if reason.is_some() {
         STATS_SCAN_LIMIT
@@ -190,9 +242,9 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     for delivery in seen {
         let props = &delivery.properties;
-        let wanted = report.replayed < limit && reason.is_none_or(|r| reason_of(props) == r);
+        let recorded_reason = reason_of(props);
+        let wanted = report.replayed < limit && reason.is_none_or(|r| recorded_reason == r);
         if !wanted {
-            report.left += 1;
             continue;
         }
         let route = match (
@@ -208,14 +260,12 @@ pub async fn replay(
             |id| format!("{:?}", id.as_str()),
         );
         let Some((recorded_exchange, routing_key)) = route else {
-            report.left += 1;
             report.refused.push(format!(
                 "message {id}: no original routing key recorded; left in place"
             ));
             continue;
         };
         if !topology.binds(&routing_key) {
-            report.left += 1;
             report.refused.push(format!(
                 "message {id}: original routing key {routing_key:?} is not bound by LINKER_ROUTING_KEYS {:?}; left in place",
                 topology.routing_keys
@@ -228,6 +278,16 @@ pub async fn replay(
                 topology.exchange
             ));
         }
+        let planned = ReplayMove {
+            reason: recorded_reason,
+            routing_key: routing_key.clone(),
+            message_id: props.message_id().as_ref().map(|id| id.as_str().to_owned()),
+        };
+        let Some(publisher) = &publisher else {
+            report.replayed += 1;
+            report.moves.push(planned);
+            continue;
+        };
         // As a producer would publish it: the worker strips these on arrival
         // from LINKER_EXCHANGE anyway; taken out here so the copy says so too.
         let cleaned =
@@ -239,18 +299,24 @@ pub async fn replay(
             Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
                 report.replayed += 1;
+                report.moves.push(planned);
             }
-            Err(error) => {
-                report.left += 1;
-                report.failed.push(error.to_string());
-            }
+            Err(error) => report.failed.push(error.to_string()),
         }
     }
-    let expected = depth.saturating_sub(u32::try_from(report.replayed).unwrap_or(u32::MAX));
+    let removed = if dry_run { 0 } else { report.replayed };
+    let expected = depth.saturating_sub(u32::try_from(removed).unwrap_or(u32::MAX));
     put_back(connection, channel, &topology.dead_letter, expected).await;
-    let _ = publisher
-        .channel()
-        .close(200, "dlq replay done".into())
-        .await;
+    if let Some(publisher) = publisher {
+        let _ = publisher
+            .channel()
+            .close(200, "dlq replay done".into())
+            .await;
+    }
+    // What is really there now: this replay may have looked at fewer than
+    // the queue holds (`limit`), and dead letters may arrive meanwhile.
+    let check = connection.create_channel().await?;
+    report.left = queue_depth(&check, &topology.dead_letter).await? as usize;
+    let _ = check.close(200, "dlq replay done".into()).await;
     Ok(report)
 }

@@ -1,6 +1,7 @@
 //! Every exchange and queue the worker uses, all named from `LINKER_QUEUE`
 //! and `LINKER_EXCHANGE`, declared idempotently (or only checked).
 
+use std::fmt;
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -15,6 +16,42 @@ use crate::domain::{RetryLadder, delay_label};
 pub struct RetryQueue {
     pub name: String,
     pub delay: Duration,
+}
+
+/// One exchange, queue or binding of the topology, as `check-config` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyObject {
+    Exchange(String),
+    Queue(String),
+    /// `queue` bound to `exchange` with the binding key `key` (empty for a fanout).
+    Binding {
+        exchange: String,
+        queue: String,
+        key: String,
+    },
+}
+
+impl fmt::Display for TopologyObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopologyObject::Exchange(name) => write!(f, "exchange {name}"),
+            TopologyObject::Queue(name) => write!(f, "queue {name}"),
+            TopologyObject::Binding {
+                exchange,
+                queue,
+                key,
+            } if key.is_empty() => write!(f, "binding {exchange} -> {queue}"),
+            TopologyObject::Binding {
+                exchange,
+                queue,
+                key,
+            } => write!(f, "binding {exchange} -> {queue} (key {key})"),
+        }
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 #[derive(Debug, Clone)]
@@ -257,55 +294,107 @@ impl Topology {
     }
 
     /// With `LINKER_DECLARE_TOPOLOGY=false`: only check that everything exists.
-    /// A failed passive declare closes its channel, so each check gets its own.
     pub async fn verify(&self, connection: &Connection) -> Result<(), String> {
-        let passive_queue = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let passive_exchange = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let mut missing = Vec::new();
-        for (name, kind) in [
-            (self.exchange.as_str(), Some(ExchangeKind::Topic)),
-            (self.dead_letter.as_str(), Some(ExchangeKind::Fanout)),
-        ] {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(kind) = kind
-                && let Err(e) = channel
-                    .exchange_declare(name.into(), kind, passive_exchange, FieldTable::default())
-                    .await
-            {
-                missing.push(format!("exchange {name:?} ({e})"));
-                continue;
-            }
-            let _ = channel.close(200, "ok".into()).await;
+        let missing = self.missing(connection).await.map_err(|e| e.to_string())?;
+        if missing.is_empty() {
+            return Ok(());
         }
-        for name in self.queues() {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(|e| e.to_string())?;
-            match channel
-                .queue_declare(name.into(), passive_queue, FieldTable::default())
-                .await
-            {
-                Ok(_) => {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        Err(format!("the broker lacks: {}", names.join(", ")))
+    }
+
+    /// Every exchange, queue and binding of the topology, in the order
+    /// [`Topology::declare`] creates them (exchanges, queues, bindings).
+    pub fn objects(&self) -> Vec<TopologyObject> {
+        let exchanges = [&self.exchange, &self.dead_letter]
+            .into_iter()
+            .map(|name| TopologyObject::Exchange(name.clone()));
+        let queues = self
+            .queues()
+            .map(|name| TopologyObject::Queue(name.to_owned()));
+        let dead_letter_binding = TopologyObject::Binding {
+            exchange: self.dead_letter.clone(),
+            queue: self.dead_letter.clone(),
+            key: String::new(),
+        };
+        let work_bindings = self.routing_keys.iter().map(|key| TopologyObject::Binding {
+            exchange: self.exchange.clone(),
+            queue: self.queue.clone(),
+            key: key.clone(),
+        });
+        exchanges
+            .chain(queues)
+            .chain(std::iter::once(dead_letter_binding))
+            .chain(work_bindings)
+            .collect()
+    }
+
+    /// What is missing, given which exchanges and queues `exists`. AMQP
+    /// 0-9-1 cannot look a binding up, so a binding is listed when one of
+    /// its ends is missing (then it cannot exist) and assumed otherwise.
+    pub fn missing_given(&self, exists: impl Fn(&TopologyObject) -> bool) -> Vec<TopologyObject> {
+        self.objects()
+            .into_iter()
+            .filter(|object| match object {
+                TopologyObject::Binding {
+                    exchange, queue, ..
+                } => {
+                    !exists(&TopologyObject::Exchange(exchange.clone()))
+                        || !exists(&TopologyObject::Queue(queue.clone()))
+                }
+                other => !exists(other),
+            })
+            .collect()
+    }
+
+    /// The objects the broker lacks (empty: all there), by passive declares.
+    /// A failed passive declare closes its channel, so each check gets its
+    /// own; an error other than NOT_FOUND (access refused, a lost
+    /// connection) is returned, not reported as a missing object.
+    pub async fn missing(&self, connection: &Connection) -> lapin::Result<Vec<TopologyObject>> {
+        let mut absent = Vec::new();
+        for object in self.objects() {
+            let channel = match &object {
+                TopologyObject::Binding { .. } => continue,
+                _ => connection.create_channel().await?,
+            };
+            let found = match &object {
+                // A passive declare checks the name only, not the kind.
+                TopologyObject::Exchange(name) => {
+                    channel
+                        .exchange_declare(
+                            name.as_str().into(),
+                            ExchangeKind::Topic,
+                            ExchangeDeclareOptions {
+                                passive: true,
+                                ..ExchangeDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                }
+                TopologyObject::Queue(name) => channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(drop),
+                TopologyObject::Binding { .. } => Ok(()),
+            };
+            match found {
+                Ok(()) => {
                     let _ = channel.close(200, "ok".into()).await;
                 }
-                Err(e) => missing.push(format!("queue {name:?} ({e})")),
+                Err(error) if is_not_found(&error) => absent.push(object),
+                Err(error) => return Err(error),
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("the broker lacks: {}", missing.join(", ")))
-        }
+        Ok(self.missing_given(|object| !absent.contains(object)))
     }
 
     /// Removes everything this topology declared (tests and the demo).
@@ -327,7 +416,66 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::{TopologyObject, topic_matches};
+
+    fn topology(vars: &[(&str, &str)]) -> super::Topology {
+        let mut all = vec![
+            (
+                "LINKER_MOS_ENDPOINT_URL".to_owned(),
+                "http://127.0.0.1:1/x".to_owned(),
+            ),
+            ("LINKER_MOS_SECRET_KEY".to_owned(), "k".to_owned()),
+        ];
+        all.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let config = crate::config::Config::from_vars(all).unwrap();
+        super::Topology::new(&config.broker, &config.retry.ladder)
+    }
+
+    #[test]
+    fn what_is_missing_is_listed_one_object_each() {
+        let topology = topology(&[
+            ("LINKER_QUEUE", "q"),
+            ("LINKER_EXCHANGE", "ex"),
+            ("LINKER_ROUTING_KEYS", "user.a,user.b"),
+            ("LINKER_RETRY_DELAYS", "10s,1m"),
+            ("LINKER_PARTITIONS", "0"),
+        ]);
+        assert!(topology.missing_given(|_| true).is_empty(), "all there");
+        let shown = |missing: Vec<TopologyObject>| {
+            missing.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        // One retry queue gone: that queue alone.
+        let retry = TopologyObject::Queue("q.retry.10s".into());
+        assert_eq!(
+            shown(topology.missing_given(|o| *o != retry)),
+            ["queue q.retry.10s"]
+        );
+        // The work queue gone: it and each of its bindings.
+        let work = TopologyObject::Queue("q".into());
+        assert_eq!(
+            shown(topology.missing_given(|o| *o != work)),
+            [
+                "queue q",
+                "binding ex -> q (key user.a)",
+                "binding ex -> q (key user.b)"
+            ]
+        );
+        // Nothing there: every object, exchanges first.
+        assert_eq!(
+            shown(topology.missing_given(|_| false)),
+            [
+                "exchange ex",
+                "exchange q.dead",
+                "queue q",
+                "queue q.dead",
+                "queue q.retry.10s",
+                "queue q.retry.1m",
+                "binding q.dead -> q.dead",
+                "binding ex -> q (key user.a)",
+                "binding ex -> q (key user.b)",
+            ]
+        );
+    }
 
     #[test]
     fn routing_keys_match_like_a_topic_exchange() {

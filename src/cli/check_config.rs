@@ -8,6 +8,7 @@ use crate::broker::topology::Topology;
 use crate::config::{Config, delay_label};
 use crate::link::{LinkClient, Verdict};
 use crate::ops::metrics::Metrics;
+use crate::ops::telemetry;
 
 pub async fn run(config: &Config) -> ExitCode {
     let topology = Topology::new(&config.broker, &config.retry.ladder);
@@ -75,13 +76,23 @@ pub async fn run(config: &Config) -> ExitCode {
                 println!("broker {}: reachable", url.node());
                 if !verified {
                     verified = true;
-                    match topology.verify(&connection).await {
-                        Ok(()) => println!("topology: present"),
-                        Err(missing) if config.broker.declare_topology => println!(
-                            "topology: not all present yet (the worker declares it at start): {missing}"
-                        ),
-                        Err(missing) => {
-                            println!("topology: MISSING: {missing}");
+                    match topology.missing(&connection).await {
+                        Ok(missing) if missing.is_empty() => println!("topology: present"),
+                        Ok(missing) => {
+                            if config.broker.declare_topology {
+                                println!(
+                                    "topology: not all present yet (the worker declares it at start):"
+                                );
+                            } else {
+                                println!("topology: MISSING (LINKER_DECLARE_TOPOLOGY=false):");
+                                ok = false;
+                            }
+                            for object in &missing {
+                                println!("  missing {object}");
+                            }
+                        }
+                        Err(error) => {
+                            println!("topology: CANNOT CHECK: {error}");
                             ok = false;
                         }
                     }
@@ -128,8 +139,8 @@ async fn probe_endpoint(config: &Config) -> Result<String, String> {
         Verdict::KeyRefused => format!("KEY REFUSED (HTTP {status})"),
         Verdict::RetryAfter(_) => format!("UNAVAILABLE: {}", error.message),
         Verdict::RateLimited(after) => format!(
-            "RATE LIMITED (HTTP {status}, retry after {}s): try again later",
-            after.as_secs()
+            "RATE LIMITED (HTTP {status}, retry after {}): try again later",
+            telemetry::duration(after)
         ),
         // Another 4xx to an empty request: not the Link Identities workflow.
         Verdict::Reject => format!("UNEXPECTED ANSWER: {}", error.message),

@@ -12,6 +12,7 @@ use crate::broker::dlq;
 use crate::broker::publisher::Publisher;
 use crate::cli::publish::{event_body, event_properties};
 use crate::config::{Config, DEFAULT_AMQP_URL};
+use crate::ops::telemetry;
 use mos_sim::{Faults, MosSim, SimConfig};
 
 const DEMO_KEY: &str = "demo-secret-key";
@@ -94,11 +95,12 @@ pub async fn run(users: usize) -> ExitCode {
 
 async fn demo(users: usize) -> Result<(), String> {
     // Quiet by default: the table below is the demo's output. RUST_LOG=info shows the worker's logs.
-    let _logs = crate::ops::telemetry::init_with_default(
+    let _logs = telemetry::init_with_default(
         crate::config::LogFormat::Text,
         crate::config::IdentifierLogging::Hashed,
         "error,lapin=off",
-    );
+    )
+    .map_err(|e| format!("configuration error: {e}"))?;
     let sim = MosSim::start(
         "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         SimConfig {
@@ -141,6 +143,13 @@ async fn demo(users: usize) -> Result<(), String> {
         sim.base_url()
     );
 
+    // First, so a missing broker is named at once (the error names the
+    // URL, password redacted), not after the worker's readiness wait.
+    let connection = connect(&config.broker, "identity-link-worker demo")
+        .await
+        .map_err(|e| {
+            format!("{e}; the demo needs RabbitMQ there (LINKER_AMQP_URL sets another)")
+        })?;
     let app = Application::build(config.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -149,11 +158,8 @@ async fn demo(users: usize) -> Result<(), String> {
     let ops = app.ops_addr();
     let stop = CancellationToken::new();
     let worker = tokio::spawn(app.run_until_stopped(stop.clone()));
-    wait_ready(ops).await?;
+    wait_ready(ops, &config).await?;
 
-    let connection = connect(&config.broker, "identity-link-worker demo")
-        .await
-        .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(
         open_confirm_channel(&connection)
             .await
@@ -220,7 +226,7 @@ async fn demo(users: usize) -> Result<(), String> {
     println!("{:<40} {:>6}", "mos-sim requests", stats.requests);
     println!("{:<40} {:>6}", "mos-sim links created", stats.creates);
     println!("{:<40} {:>6}", "mos-sim duplicate links", stats.duplicates);
-    println!("settled in {:.2?}", elapsed);
+    println!("settled in {}", telemetry::duration(elapsed));
 
     let views = dlq::list(&connection, &topology, 50)
         .await
@@ -255,7 +261,7 @@ fn headers_free(body: &str) -> String {
     crate::broker::headers::truncate(&one_line, 80).to_owned()
 }
 
-async fn wait_ready(ops: std::net::SocketAddr) -> Result<(), String> {
+async fn wait_ready(ops: std::net::SocketAddr, config: &Config) -> Result<(), String> {
     let url = format!("http://{ops}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -266,8 +272,8 @@ async fn wait_ready(ops: std::net::SocketAddr) -> Result<(), String> {
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the worker did not become ready within 20 s (is RabbitMQ running on {}?)",
-                DEFAULT_AMQP_URL.replace("guest:guest@", "")
+                "the worker did not become ready within 20 s (is RabbitMQ running at {}?)",
+                config.broker.amqp_urls[0]
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

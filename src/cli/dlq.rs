@@ -73,16 +73,43 @@ pub async fn list(config: &ToolConfig, limit: usize) -> ExitCode {
     .await
 }
 
-pub async fn replay(config: &ToolConfig, limit: usize, reason: Option<String>) -> ExitCode {
+pub async fn replay(
+    config: &ToolConfig,
+    limit: usize,
+    reason: Option<String>,
+    dry_run: bool,
+) -> ExitCode {
     with_connection(config, |connection, topology| async move {
-        let report = dlq::replay(&connection, &topology, limit, reason.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = if dry_run {
+            dlq::dry_run(&connection, &topology, limit, reason.as_deref()).await
+        } else {
+            dlq::replay(&connection, &topology, limit, reason.as_deref()).await
+        }
+        .map_err(|e| e.to_string())?;
         let _ = connection.close(200, "done".into()).await;
-        println!(
-            "replayed {} message(s); {} left in {}",
-            report.replayed, report.left, topology.dead_letter
-        );
+        if dry_run {
+            println!(
+                "dry run: would replay {} message(s); nothing moved, {} in {}",
+                report.replayed, report.left, topology.dead_letter
+            );
+            // Header values come from producers: escaped, one line each.
+            for planned in &report.moves {
+                println!(
+                    "  would replay: reason {} routing key {} message id {}",
+                    escaped(&planned.reason),
+                    escaped(&planned.routing_key),
+                    planned
+                        .message_id
+                        .as_deref()
+                        .map_or_else(|| "(none)".to_owned(), |id| escaped(id).to_string()),
+                );
+            }
+        } else {
+            println!(
+                "replayed {} message(s); {} left in {}",
+                report.replayed, report.left, topology.dead_letter
+            );
+        }
         for rerouted in &report.rerouted {
             println!("  rerouted: {rerouted}");
         }

@@ -6,6 +6,7 @@ pub mod demo;
 mod dlq;
 mod publish;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -63,8 +64,10 @@ enum Command {
     },
     /// GET the worker's /healthz (for container HEALTHCHECKs); exit 0 if 200.
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
-        url: String,
+        /// What to GET. Default: /healthz on LINKER_HTTP_ADDR (default
+        /// 0.0.0.0:9464), a wildcard address probed on loopback.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -74,16 +77,21 @@ enum DlqCommand {
     Stats,
     /// Show dead letters without removing them.
     List {
+        /// Show at most this many (oldest first).
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// Move dead letters back to their original exchange and routing key, attempts reset.
     Replay {
+        /// Replay at most this many.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
-        /// Only messages dead-lettered for this reason (e.g. retries_exhausted).
-        #[arg(long)]
+        /// Only messages dead-lettered for this reason. Default: any reason.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::broker::dlq::reasons()))]
         reason: Option<String>,
+        /// Show what would be replayed (reason, routing key, message id); move nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -98,19 +106,29 @@ fn config_error(error: &ConfigError) -> ExitCode {
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run().await,
-        Command::CheckConfig => match Config::from_env() {
+        // RUST_LOG too: the worker would refuse it at start.
+        Command::CheckConfig => match Config::from_env().and_then(|c| {
+            telemetry::filter("info")?;
+            Ok(c)
+        }) {
             Ok(config) => check_config::run(&config).await,
             Err(error) => config_error(&error),
         },
         Command::Dlq { command } => match ToolConfig::from_env() {
             Ok(config) => {
-                let _logs = telemetry::init(config.ops.log_format, config.ops.log_identifiers);
+                let _logs = match telemetry::init(config.ops.log_format, config.ops.log_identifiers)
+                {
+                    Ok(logs) => logs,
+                    Err(error) => return config_error(&error),
+                };
                 match command {
                     DlqCommand::Stats => dlq::stats(&config).await,
                     DlqCommand::List { limit } => dlq::list(&config, limit).await,
-                    DlqCommand::Replay { limit, reason } => {
-                        dlq::replay(&config, limit, reason).await
-                    }
+                    DlqCommand::Replay {
+                        limit,
+                        reason,
+                        dry_run,
+                    } => dlq::replay(&config, limit, reason, dry_run).await,
                 }
             }
             Err(error) => config_error(&error),
@@ -126,7 +144,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         },
         #[cfg(feature = "demo")]
         Command::Demo { users } => demo::run(users).await,
-        Command::Healthcheck { url } => healthcheck(&url).await,
+        Command::Healthcheck { url: Some(url) } => healthcheck(&url).await,
+        Command::Healthcheck { url: None } => match ToolConfig::from_env() {
+            Ok(config) => healthcheck(&healthz_url(config.ops.http_addr)).await,
+            Err(error) => config_error(&error),
+        },
     }
 }
 
@@ -136,7 +158,10 @@ async fn run() -> ExitCode {
         Err(error) => return config_error(&error),
     };
     // Kept to the end of `run`: its drop is the final, bounded flush of the logs.
-    let _logs = telemetry::init(config.ops.log_format, config.ops.log_identifiers);
+    let _logs = match telemetry::init(config.ops.log_format, config.ops.log_identifiers) {
+        Ok(logs) => logs,
+        Err(error) => return config_error(&error),
+    };
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error @ StartError::Bind { .. }) => {
@@ -152,6 +177,17 @@ async fn run() -> ExitCode {
     shutdown::cancel_on_signal(stop.clone());
     app.run_until_stopped(stop).await;
     ExitCode::SUCCESS
+}
+
+/// `/healthz` where the worker listens; a wildcard bind is probed on
+/// loopback (the probe runs in the worker's own container).
+fn healthz_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/healthz", SocketAddr::new(ip, addr.port()))
 }
 
 async fn healthcheck(url: &str) -> ExitCode {
@@ -175,5 +211,18 @@ async fn healthcheck(url: &str) -> ExitCode {
             eprintln!("healthcheck: {url}: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthz_url;
+
+    #[test]
+    fn the_healthcheck_probes_loopback_for_a_wildcard_bind() {
+        let url = |addr: &str| healthz_url(addr.parse().unwrap());
+        assert_eq!(url("0.0.0.0:9464"), "http://127.0.0.1:9464/healthz");
+        assert_eq!(url("[::]:8000"), "http://[::1]:8000/healthz");
+        assert_eq!(url("10.0.0.7:9000"), "http://10.0.0.7:9000/healthz");
     }
 }

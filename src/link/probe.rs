@@ -79,12 +79,12 @@ pub async fn probe_loop(
             TargetHealth::Up => {}
             TargetHealth::KeyRefused => tracing::error!(
                 error,
-                next_probe_in = ?interval,
+                next_probe_in = %crate::ops::telemetry::duration(interval),
                 "the link endpoint still refuses the key; check LINKER_MOS_SECRET_KEY"
             ),
             TargetHealth::Unavailable => tracing::error!(
                 error,
-                next_probe_in = ?interval,
+                next_probe_in = %crate::ops::telemetry::duration(interval),
                 "the link endpoint is still unavailable"
             ),
         }

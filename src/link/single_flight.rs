@@ -257,7 +257,7 @@ impl Linker {
             })
             .notify(|e: &CallError, delay: Duration| {
                 self.metrics.retries_immediate.inc();
-                tracing::debug!(error = %e, ?delay, "link call failed, retrying in process");
+                tracing::debug!(error = %e, delay = %crate::ops::telemetry::duration(delay), "link call failed, retrying in process");
             })
             .await
     }

@@ -76,7 +76,7 @@ pub fn record(metrics: &Metrics, settled: &Settled<'_>) {
                 event_id,
                 event_type,
                 attempt = step.attempt,
-                delay = ?step.delay,
+                delay = %super::telemetry::duration(step.delay),
                 error = %untrusted(error),
                 "link failed; retrying later"
             );

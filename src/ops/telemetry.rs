@@ -7,7 +7,9 @@
 //! (`identity_linker_log_lines_dropped_total`) instead of stalling the
 //! runtime's threads on `write(2)`.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use tracing::field::DisplayValue;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{IdentifierLogging, LogFormat};
+use crate::config::{ConfigError, IdentifierLogging, LogFormat};
 
 static IDENTIFIER_LOGGING: OnceLock<IdentifierLogging> = OnceLock::new();
 /// The format of the installed subscriber, so [`untrusted`] escapes only
@@ -33,10 +35,11 @@ pub const BUFFERED_LINES: usize = 8 * 1024;
 /// in `write(2)` on a pipe nobody reads: the process exits anyway.
 pub const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// Installs the global subscriber. `RUST_LOG` sets the level (default `info`).
+/// Installs the global subscriber. `RUST_LOG` sets the level (default
+/// `info`); an invalid `RUST_LOG` is an error (see [`filter`]).
 /// Keep the guard for as long as the process logs: dropping it flushes
 /// what is queued (within [`FINAL_FLUSH_LIMIT`]) and stops the writer.
-pub fn init(format: LogFormat, identifiers: IdentifierLogging) -> LogGuard {
+pub fn init(format: LogFormat, identifiers: IdentifierLogging) -> Result<LogGuard, ConfigError> {
     init_with_default(format, identifiers, "info")
 }
 
@@ -45,10 +48,9 @@ pub fn init_with_default(
     format: LogFormat,
     identifiers: IdentifierLogging,
     default_filter: &str,
-) -> LogGuard {
+) -> Result<LogGuard, ConfigError> {
+    let filter = filter(default_filter)?;
     let _ = IDENTIFIER_LOGGING.set(identifiers);
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Lossy: a full queue drops the line, it never blocks the caller. The
     // BufWriter saves a syscall per line; the writer thread flushes it after
     // every batch it takes from the queue.
@@ -60,6 +62,10 @@ pub fn init_with_default(
     let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(writer);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -68,11 +74,42 @@ pub fn init_with_default(
     // A second init (tests, demo) keeps the first subscriber; its writer
     // and guard are not used.
     if installed.is_err() {
-        return LogGuard::inert(guard);
+        return Ok(LogGuard::inert(guard));
     }
     let _ = LOG_FORMAT.set(format);
     let _ = DROPPED_LINES.set(dropped);
-    LogGuard { guard: Some(guard) }
+    Ok(LogGuard { guard: Some(guard) })
+}
+
+/// The log filter from `RUST_LOG`, `default_filter` when it is unset or
+/// empty. A value that does not parse is refused rather than silently
+/// replaced: an operator who asked for debug logs should not get info.
+pub fn filter(default_filter: &str) -> Result<EnvFilter, ConfigError> {
+    match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new(default_filter)),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError {
+            variable: "RUST_LOG",
+            problem: "not valid UTF-8".to_owned(),
+        }),
+        Ok(value) if value.trim().is_empty() => Ok(EnvFilter::new(default_filter)),
+        Ok(value) => parse_filter(&value),
+    }
+}
+
+fn parse_filter(value: &str) -> Result<EnvFilter, ConfigError> {
+    EnvFilter::builder()
+        .parse(value)
+        .map_err(|error| ConfigError {
+            variable: "RUST_LOG",
+            // The parser's text is one line; the value is the operator's own.
+            problem: format!("invalid filter `{}`: {error}", escaped(value)),
+        })
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never with
+/// `NO_COLOR` set to anything but the empty string (<https://no-color.org>).
+pub fn colours(is_terminal: bool, no_color: Option<OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Log lines dropped so far because the output did not keep up.
@@ -229,6 +266,61 @@ fn write_escaped(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_str(rest)
 }
 
+/// A duration as logs and the command line show it: `250ms`, `1.5s`,
+/// `20s`, `2m30s`, `1h` (rounded to the millisecond, past a minute to the
+/// second), never `Duration`'s Debug (`19.999999089s`) or `Some(5s)`.
+#[derive(Clone, Copy)]
+pub struct HumanDuration(Duration);
+
+pub fn duration(value: Duration) -> HumanDuration {
+    HumanDuration(value)
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        if nanos < 1_000 {
+            return write!(f, "{nanos}ns");
+        }
+        if nanos < 1_000_000 {
+            return write!(f, "{}µs", (nanos + 500) / 1_000);
+        }
+        let millis = (nanos + 500_000) / 1_000_000;
+        if millis < 1_000 {
+            return write!(f, "{millis}ms");
+        }
+        if millis < 60_000 {
+            let (seconds, fraction) = (millis / 1_000, millis % 1_000);
+            if fraction == 0 {
+                return write!(f, "{seconds}s");
+            }
+            let fraction = format!("{fraction:03}");
+            return write!(f, "{seconds}.{}s", fraction.trim_end_matches('0'));
+        }
+        let seconds = (millis + 500) / 1_000;
+        let (hours, minutes, seconds) = (seconds / 3_600, seconds % 3_600 / 60, seconds % 60);
+        if hours > 0 {
+            write!(f, "{hours}h")?;
+        }
+        if minutes > 0 {
+            write!(f, "{minutes}m")?;
+        }
+        if seconds > 0 {
+            write!(f, "{seconds}s")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// At most one log line per `interval` for something that can happen on
 /// every message (a flood of blocklisted events): [`RateLimit::allow`]
 /// says whether to write the line now and how many were held back since
@@ -346,6 +438,48 @@ mod tests {
             assert_eq!(untrusted("a\nb").to_string(), "a\\nb");
             assert_eq!(format!("{:?}", untrusted("a\nb")), "a\\nb");
         }
+    }
+
+    #[test]
+    fn durations_read_as_durations() {
+        let shown = |d: Duration| duration(d).to_string();
+        assert_eq!(shown(Duration::ZERO), "0s");
+        assert_eq!(shown(Duration::from_nanos(300)), "300ns");
+        assert_eq!(shown(Duration::from_micros(250)), "250µs");
+        assert_eq!(shown(Duration::from_millis(250)), "250ms");
+        assert_eq!(shown(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(shown(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(shown(Duration::from_secs(5)), "5s");
+        assert_eq!(shown(Duration::from_nanos(19_999_999_089)), "20s");
+        assert_eq!(shown(Duration::from_nanos(999_600_000)), "1s");
+        assert_eq!(shown(Duration::from_secs(60)), "1m");
+        assert_eq!(shown(Duration::from_secs(150)), "2m30s");
+        assert_eq!(shown(Duration::from_secs(3600)), "1h");
+        assert_eq!(shown(Duration::from_secs(3605)), "1h5s");
+        assert_eq!(format!("{:?}", duration(Duration::from_secs(5))), "5s");
+    }
+
+    #[test]
+    fn an_invalid_filter_is_an_error_naming_rust_log() {
+        assert!(parse_filter("info,lapin=warn").is_ok());
+        let error = parse_filter("info,lapin=loud").err().map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.starts_with("RUST_LOG: invalid filter `info,lapin=loud`"),
+            "{error}"
+        );
+        assert_eq!(error.lines().count(), 1, "{error}");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(
+            colours(true, Some(OsString::new())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(true, Some("1".into())));
+        assert!(!colours(false, None));
     }
 
     #[test]

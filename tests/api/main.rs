@@ -10,6 +10,7 @@ mod hostile;
 mod log_pipe;
 mod metrics;
 mod nodes;
+mod operator;
 mod outcomes;
 mod process;
 mod races;

@@ -24,8 +24,20 @@ use tracing_subscriber::EnvFilter;
 /// Per link request: --rate-limit (429 at once), then --capacity (503 at
 /// once past --capacity-hard-limit, extra latency past --capacity), then
 /// --latency/--jitter, --statuses, --fail-rate, --drop/--drop-rate, the key.
+///
+/// The link route is POST /api/v1/envs/{env}/endpoints/link-identities (any
+/// env id). Point the worker at it with the full URL, path included, e.g.
+/// with the default --addr:
+/// LINKER_MOS_ENDPOINT_URL=http://127.0.0.1:8080/api/v1/envs/sim/endpoints/link-identities
+/// (the start-up line prints it for the address actually bound).
 #[derive(Parser)]
 #[command(name = "mos-sim", version)]
+// One of the two, never both: the usage line and the error name both.
+#[command(group(
+    clap::ArgGroup::new("secret_key")
+        .args(["key", "key_file"])
+        .required(true)
+))]
 // A subcommand needs no key: `mos-sim healthcheck` runs in the sim's own
 // container, beside whatever MOS_SIM_* the server reads.
 #[command(subcommand_negates_reqs = true)]
@@ -54,13 +66,7 @@ struct Args {
     addr: SocketAddr,
 
     /// Accepted secret key (sent by clients as `X-MOS-Key: Bearer <key>`).
-    #[arg(
-        long,
-        env = "MOS_SIM_KEY",
-        hide_env_values = true,
-        required_unless_present = "key_file",
-        conflicts_with = "key_file"
-    )]
+    #[arg(long, env = "MOS_SIM_KEY", hide_env_values = true)]
     key: Option<String>,
 
     /// File holding the secret key (surrounding whitespace is ignored).
@@ -235,11 +241,13 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs go to stderr so stdout carries only the "listening" line.
-    let stderr = std::io::stderr();
+    // Logs go to stderr so stdout carries only the "listening" line;
+    // colours only on a terminal and without NO_COLOR (no-color.org).
+    let colours = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(stderr.is_terminal())
+        .with_ansi(colours)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -270,7 +278,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("mos-sim listening on http://{}", sim.addr());
+    // One line, the URL the worker needs whole: the path is easy to miss.
+    println!(
+        "mos-sim listening on http://{}; point the worker at it: LINKER_MOS_ENDPOINT_URL={}",
+        sim.addr(),
+        sim.endpoint_url()
+    );
     if !control {
         tracing::info!(
             "control routes off (/_sim/* answers 404); --control or MOS_SIM_CONTROL=1 serves them"
@@ -421,5 +434,31 @@ mod tests {
         ));
         // The server itself still needs a key.
         assert!(Cli::try_parse_from(["mos-sim"]).is_err());
+    }
+
+    #[test]
+    fn help_gives_the_whole_endpoint_url() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        let url = format!(
+            "LINKER_MOS_ENDPOINT_URL=http://127.0.0.1:8080{}",
+            mos_sim::ENDPOINT_PATH
+        );
+        assert!(help.contains(&url), "{url} missing from --help:\n{help}");
+    }
+
+    #[test]
+    fn one_of_key_and_key_file_and_not_both() {
+        let error = Cli::try_parse_from(["mos-sim"])
+            .err()
+            .map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("--key <KEY>") && error.contains("--key-file"),
+            "{error}"
+        );
+        assert!(Cli::try_parse_from(["mos-sim", "--key", "k", "--key-file", "/f"]).is_err());
+        assert!(Cli::try_parse_from(["mos-sim", "--key-file", "/f"]).is_ok());
     }
 }

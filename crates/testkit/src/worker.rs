@@ -104,6 +104,7 @@ impl InProcess {
             IdentifierLogging::Hashed,
             "warn",
         )
+        .expect("RUST_LOG is a valid filter")
         .keep_for_process();
         let app = Application::build(private.config.clone())
             .await
