@@ -31,6 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the worker (the default).
+    #[command(after_help = crate::config::variables_help())]
     Run,
     /// Validate the configuration and reach the broker and the endpoint (no link is created).
     CheckConfig,
@@ -137,6 +138,7 @@ async fn run() -> ExitCode {
     };
     // Kept to the end of `run`: its drop is the final, bounded flush of the logs.
     let _logs = telemetry::init(config.ops.log_format, config.ops.log_identifiers);
+    crate::config::warn_unknown(std::env::vars());
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error @ StartError::Bind { .. }) => {
