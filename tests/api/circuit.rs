@@ -172,6 +172,54 @@ async fn a_key_rotated_in_its_file_is_picked_up_without_a_restart() {
     app.finish().await;
 }
 
+/// The call goes out with the old key; the file is rotated while it waits;
+/// the endpoint refuses the old key, then accepts the check made with the
+/// new one. That refusal was the old key's, not this request's: the event is
+/// linked with the new key, not dead-lettered `rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_with_the_key_rotated_meanwhile_is_tried_again() {
+    let mut secret = MountedSecret::new("the-old-key");
+    let sim = start_sim(SimConfig {
+        faults: Faults {
+            latency_ms: 1500,
+            ..Faults::default()
+        },
+        ..sim_config()
+    })
+    .await;
+    let vars = testkit::names::without(
+        with(
+            base_vars(&sim),
+            &[(
+                "LINKER_MOS_SECRET_KEY_FILE",
+                secret.path().to_str().unwrap(),
+            )],
+        ),
+        "LINKER_MOS_SECRET_KEY",
+    );
+    let mut app = TestApp::start(sim, testkit::worker::Private::from_vars(vars)).await;
+    app.publish_pairs("user.logged_in", "midway", 1).await;
+    wait_for("the call to go out", Duration::from_secs(10), || async {
+        app.sim.stats().requests >= 1
+    })
+    .await;
+    secret.write(KEY);
+    app.wait_settled(1).await;
+    assert_eq!(
+        app.sim.stats().status(401),
+        1,
+        "the old key was refused once"
+    );
+    assert_eq!(app.outcome("dead_lettered"), 0);
+    assert_eq!(app.outcome("linked"), 1);
+    assert_eq!(app.sim.stats().links, 1);
+    assert_eq!(app.worker.circuit_open(), 0);
+    assert_eq!(reloads(&app.metrics_text().await, "changed"), 1);
+    app.stop_worker().await;
+    assert_eq!(app.depth(&app.topology.dead_letter).await, 0);
+    app.finish().await;
+}
+
 fn reloads(metrics: &str, result: &str) -> u64 {
     let prefix = format!("identity_linker_secret_key_reloads_total{{result=\"{result}\"}} ");
     metrics

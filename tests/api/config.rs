@@ -128,13 +128,14 @@ async fn a_broker_older_than_the_minimum_stops_the_start_with_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     let line = stderr.trim();
     assert!(line.starts_with("cannot start: "), "{line}");
+    let node = format!("the broker at {}", old.addr);
     for part in [
-        &format!("the broker at {}", old.addr),
+        node.as_str(),
         "RabbitMQ 3.9.29",
         "needs RabbitMQ 3.10.0 or later",
         "at-least-once dead-lettering",
     ] {
-        assert!(line.contains(part.as_str()), "{part:?} not in {line}");
+        assert!(line.contains(part), "{part:?} not in {line}");
     }
 }
 
