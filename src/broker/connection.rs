@@ -69,6 +69,9 @@ fn hint(error: &lapin::Error) -> &'static str {
         " (the broker's certificate does not name the URL's host: use a host it was issued for)"
     } else if text.contains("certificate") {
         " (TLS: check LINKER_AMQP_CA_FILE and the client certificate variables)"
+    } else if matches!(error.kind(), lapin::ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    {
+        " (nothing listens on that port: check the host and port in LINKER_AMQP_URL, or whether the broker is up)"
     } else {
         ""
     }
@@ -354,6 +357,16 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_says_nothing_listens() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(refused)));
+        assert!(hint(&error).contains("nothing listens on that port"));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(reset)));
+        assert_eq!(hint(&error), "");
+    }
 
     #[test]
     fn every_round_tries_each_node_once() {
