@@ -43,6 +43,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     Client(String),
+    /// A broker older than `broker::version::MINIMUM`.
+    #[error("{0}")]
+    Broker(String),
 }
 
 pub struct Application {
@@ -67,6 +70,9 @@ impl Application {
             readiness.clone(),
         ));
         let client = LinkClient::new(&config.link, metrics.clone()).map_err(StartError::Client)?;
+        crate::broker::connection::check_versions(&config.broker)
+            .await
+            .map_err(StartError::Broker)?;
         let flow = Flow::new(
             config.link.concurrency.get(),
             config.link.max_requests_per_second,

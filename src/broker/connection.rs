@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::publisher::Publisher;
 use super::topology::Topology;
+use super::version;
 use crate::config::{AmqpUrl, BrokerConfig, BrokerTls};
 use crate::ops::metrics::Metrics;
 
@@ -32,6 +33,15 @@ pub enum SessionError {
     Connect { url: String, source: lapin::Error },
     #[error("cannot connect to the broker at {url}: no answer within {}s", CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout { url: String },
+    /// lapin would only say it could not parse what came back.
+    #[error(
+        "cannot connect to the broker at {url}: {node} answered, but not as an AMQP broker ({saw}); check the port in LINKER_AMQP_URL (5672 for amqp://, 5671 for amqps://)"
+    )]
+    NotAmqp {
+        url: String,
+        node: String,
+        saw: String,
+    },
     #[error("{variable}: cannot read {path}: {problem}")]
     TlsFile {
         variable: &'static str,
@@ -59,6 +69,9 @@ fn hint(error: &lapin::Error) -> &'static str {
         " (the broker's certificate does not name the URL's host: use a host it was issued for)"
     } else if text.contains("certificate") {
         " (TLS: check LINKER_AMQP_CA_FILE and the client certificate variables)"
+    } else if matches!(error.kind(), lapin::ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    {
+        " (nothing listens on that port: check the host and port in LINKER_AMQP_URL, or whether the broker is up)"
     } else {
         ""
     }
@@ -164,11 +177,46 @@ pub async fn connect_to(
         .with_tls_config(tls);
     match tokio::time::timeout(CONNECT_TIMEOUT, builder.connect()).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(connect_error(source)),
-        Err(_) => Err(SessionError::ConnectTimeout {
-            url: url.redacted(),
-        }),
+        Ok(Err(source)) => Err(explained(url, connect_error(source)).await),
+        Err(_) => Err(explained(
+            url,
+            SessionError::ConnectTimeout {
+                url: url.redacted(),
+            },
+        )
+        .await),
     }
+}
+
+/// A failed connection, explained when the port holds something other than
+/// a broker (looked at only after a failure: a working session costs nothing).
+async fn explained(url: &AmqpUrl, error: SessionError) -> SessionError {
+    if url.is_tls() {
+        return error;
+    }
+    let node = url.node();
+    match version::look(&node).await {
+        version::Look::NotAmqp(saw) => SessionError::NotAmqp {
+            url: url.redacted(),
+            node,
+            saw,
+        },
+        _ => error,
+    }
+}
+
+/// At start: each `amqp://` node that answers is a recent enough broker.
+/// `Err` is the one line to print. Nodes that do not answer are left to
+/// the session, which reports them; `amqps://` nodes are not looked at
+/// (the look is plain TCP).
+pub async fn check_versions(broker: &BrokerConfig) -> Result<(), String> {
+    for url in broker.amqp_urls.iter().filter(|u| !u.is_tls()) {
+        let node = url.node();
+        if let version::Look::Amqp(hello) = version::look(&node).await {
+            hello.check(&node)?;
+        }
+    }
+    Ok(())
 }
 
 /// A connection to the first listed node that takes one (the one-shot
@@ -309,6 +357,16 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_says_nothing_listens() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(refused)));
+        assert!(hint(&error).contains("nothing listens on that port"));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error = lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(reset)));
+        assert_eq!(hint(&error), "");
+    }
 
     #[test]
     fn every_round_tries_each_node_once() {

@@ -13,3 +13,4 @@ pub mod publisher;
 pub mod settle;
 pub mod topology;
 pub mod turns;
+pub mod version;

@@ -32,6 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the worker (the default).
+    #[command(after_help = crate::config::variables_help())]
     Run,
     /// Validate the configuration and reach the broker and the endpoint (no link is created).
     CheckConfig,
@@ -162,6 +163,7 @@ async fn run() -> ExitCode {
         Ok(logs) => logs,
         Err(error) => return config_error(&error),
     };
+    crate::config::warn_unknown(std::env::vars());
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error @ StartError::Bind { .. }) => {

@@ -5,6 +5,7 @@
 
 mod secret;
 mod values;
+mod variables;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
@@ -20,6 +21,7 @@ use self::values::{
     non_zero, number, optional_count, optional_rate, parsed, partitions, pointers,
     positive_duration, replica_id, retry_ladder, secret_key,
 };
+pub use self::variables::{VARIABLES, Variable, help as variables_help, warn_unknown};
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
 
@@ -559,6 +561,22 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_key_file_names_the_file_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, " \n").unwrap();
+        let mut all = vars(&[]);
+        all.retain(|(k, _)| k != "LINKER_MOS_SECRET_KEY");
+        all.push((
+            "LINKER_MOS_SECRET_KEY_FILE".into(),
+            path.to_string_lossy().into_owned(),
+        ));
+        let err = Config::from_vars(all).unwrap_err();
+        assert_eq!(err.variable, "LINKER_MOS_SECRET_KEY_FILE");
+        assert!(err.problem.starts_with("is empty ("), "{err}");
+    }
+
+    #[test]
     fn secret_is_read_from_file_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
@@ -571,7 +589,17 @@ mod tests {
         ));
         let config = Config::from_vars(all).unwrap();
         assert_eq!(config.link.secret_key.expose(), "s3cret");
+        assert_eq!(
+            config.link.secret_key.variable(),
+            "LINKER_MOS_SECRET_KEY_FILE"
+        );
         assert!(!format!("{config:?}").contains("s3cret"));
+        // Re-read as the file is now: rotated, then emptied (kept out).
+        std::fs::write(&path, "n3w\n").unwrap();
+        let reread = config.link.secret_key.reread().unwrap().unwrap();
+        assert_eq!(reread.expose(), "n3w");
+        std::fs::write(&path, "").unwrap();
+        assert!(config.link.secret_key.reread().unwrap().is_err());
     }
 
     #[test]

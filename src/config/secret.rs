@@ -2,18 +2,44 @@
 //! broker URL (which usually carries a password).
 
 use std::fmt;
+use std::path::PathBuf;
 
-/// The MonetizationOS secret key. Debug never shows it and there is no
-/// Display: the only way out is [`SecretKey::expose`], used for the header.
+/// The MonetizationOS secret key, and the file it came from if any. Debug
+/// never shows it and there is no Display: the only way out is
+/// [`SecretKey::expose`], used for the header.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(String);
+pub struct SecretKey {
+    key: String,
+    file: Option<PathBuf>,
+}
 
 impl SecretKey {
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        Self {
+            key: key.into(),
+            file: None,
+        }
+    }
+    pub(super) fn from_file(key: String, file: PathBuf) -> Self {
+        Self {
+            key,
+            file: Some(file),
+        }
     }
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.key
+    }
+    /// The variable the key came from, for messages about it.
+    pub fn variable(&self) -> &'static str {
+        match self.file {
+            Some(_) => "LINKER_MOS_SECRET_KEY_FILE",
+            None => "LINKER_MOS_SECRET_KEY",
+        }
+    }
+    /// The key file as it is now, checked as at start; `None` for a key
+    /// given inline (nothing to re-read).
+    pub fn reread(&self) -> Option<Result<SecretKey, super::ConfigError>> {
+        self.file.as_deref().map(super::values::key_file)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::secret::{AmqpUrl, SecretKey, redact_userinfo};
@@ -152,45 +152,45 @@ pub(super) fn secret_key(
     inline: Option<String>,
     file: Option<String>,
 ) -> Result<SecretKey, ConfigError> {
-    let key = match (
+    match (
         inline.filter(|v| !v.is_empty()),
         file.filter(|v| !v.is_empty()),
     ) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                "LINKER_MOS_SECRET_KEY",
-                "set either LINKER_MOS_SECRET_KEY or LINKER_MOS_SECRET_KEY_FILE, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ConfigError::new(
-                "LINKER_MOS_SECRET_KEY",
-                "is required (or LINKER_MOS_SECRET_KEY_FILE with the path of a file holding it)",
-            ));
-        }
-        (Some(key), None) => key,
-        (None, Some(path)) => {
-            let path = PathBuf::from(path);
-            std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    "LINKER_MOS_SECRET_KEY_FILE",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
-        }
-    };
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "LINKER_MOS_SECRET_KEY",
+            "set either LINKER_MOS_SECRET_KEY or LINKER_MOS_SECRET_KEY_FILE, not both",
+        )),
+        (None, None) => Err(ConfigError::new(
+            "LINKER_MOS_SECRET_KEY",
+            "is required (or LINKER_MOS_SECRET_KEY_FILE with the path of a file holding it)",
+        )),
+        (Some(key), None) => Ok(SecretKey::new(checked_key("LINKER_MOS_SECRET_KEY", &key)?)),
+        (None, Some(path)) => key_file(Path::new(&path)),
+    }
+}
+
+/// The key in `path`, checked as at start: used at start and at each re-read.
+pub(super) fn key_file(path: &Path) -> Result<SecretKey, ConfigError> {
+    const VAR: &str = "LINKER_MOS_SECRET_KEY_FILE";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(VAR, format!("cannot read {}: {e}", path.display())))?;
+    let key = checked_key(VAR, &text).map_err(|e| ConfigError {
+        problem: format!("{} ({})", e.problem, path.display()),
+        ..e
+    })?;
+    Ok(SecretKey::from_file(key, path.to_owned()))
+}
+
+fn checked_key(variable: &'static str, text: &str) -> Result<String, ConfigError> {
     // Mounted secrets usually end with a newline.
-    let key = key.trim().to_owned();
+    let key = text.trim();
     if key.is_empty() {
-        return Err(ConfigError::new("LINKER_MOS_SECRET_KEY", "is empty"));
+        return Err(ConfigError::new(variable, "is empty"));
     }
     if key.chars().any(|c| c.is_control()) {
-        return Err(ConfigError::new(
-            "LINKER_MOS_SECRET_KEY",
-            "contains control characters",
-        ));
+        return Err(ConfigError::new(variable, "contains control characters"));
     }
-    Ok(SecretKey::new(key))
+    Ok(key.to_owned())
 }
 
 pub(super) fn name(

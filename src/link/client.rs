@@ -8,8 +8,9 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
+use super::key::{CurrentKey, Keyed, Reload};
 use super::policy::{CallError, Verdict};
-use crate::config::{LinkConfig, SecretKey};
+use crate::config::LinkConfig;
 use crate::domain::{LinkEvent, LinkResult};
 use crate::ops::metrics::Metrics;
 
@@ -39,8 +40,7 @@ struct LinkResponseBody {
 pub struct LinkClient {
     http: reqwest::Client,
     url: reqwest::Url,
-    key_header: HeaderValue,
-    secret: SecretKey,
+    key: Arc<CurrentKey>,
     metrics: Arc<Metrics>,
 }
 
@@ -57,19 +57,29 @@ impl LinkClient {
             .user_agent(concat!("identity-link-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let mut key_header =
-            HeaderValue::from_str(&format!("Bearer {}", config.secret_key.expose())).map_err(
-                |_| "LINKER_MOS_SECRET_KEY holds characters not allowed in a header".to_owned(),
-            )?;
-        // Keeps the value out of any Debug print of the request (hyper/reqwest traces).
-        key_header.set_sensitive(true);
+        let key = Arc::new(CurrentKey::new(config.secret_key.clone(), metrics.clone())?);
         Ok(Self {
             http,
             url: config.endpoint_url.clone(),
-            key_header,
-            secret: config.secret_key.clone(),
+            key,
             metrics,
         })
+    }
+
+    /// Reads the key file again (on a refusal, before a probe; never per call).
+    pub fn reload_key(&self) -> Reload {
+        self.key.reload()
+    }
+
+    /// Which key calls use now: compared with the one a refused call was
+    /// sent with.
+    pub fn key_generation(&self) -> u64 {
+        self.key.get().generation
+    }
+
+    /// `LINKER_MOS_SECRET_KEY` or `LINKER_MOS_SECRET_KEY_FILE`.
+    pub fn key_variable(&self) -> &'static str {
+        self.key.variable()
     }
 
     /// One POST, no retries. `request_id` goes to `x-request-id`.
@@ -78,11 +88,12 @@ impl LinkClient {
             anonymous_identifier: event.anonymous.as_str(),
             user_identifier: event.user.as_str(),
         };
+        let key = self.key.get();
         let started = Instant::now();
         let sent = self
             .http
             .post(self.url.clone())
-            .header("x-mos-key", self.key_header.clone())
+            .header("x-mos-key", key.header.clone())
             .header("x-request-id", request_id_header(request_id))
             .json(&body)
             .send()
@@ -91,9 +102,10 @@ impl LinkClient {
             Ok(response) => response,
             Err(error) => {
                 self.metrics.count_api_request(None, started.elapsed());
-                return Err(CallError::no_answer(
-                    self.scrub(&describe_transport_error(&error)),
-                ));
+                return Err(CallError::no_answer(scrub(
+                    &describe_transport_error(&error),
+                    &key,
+                )));
             }
         };
         let status = response.status();
@@ -121,22 +133,23 @@ impl LinkClient {
                 return Err(CallError {
                     verdict: Verdict::RetryAfter(retry_after),
                     status: Some(status.as_u16()),
-                    message: self.scrub(&format!("HTTP {status}, body unreadable: {error}")),
+                    message: scrub(&format!("HTTP {status}, body unreadable: {error}"), &key),
                 });
             }
         };
-        classify(status, retry_after, is_json, &bytes, self.secret.expose())
+        classify(status, retry_after, is_json, &bytes, key.secret.expose())
     }
 
     /// `check-config`: POSTs `{}`. The workflow answers 400 for missing
     /// fields once the key is accepted, so 400 (or 2xx) means reachable and
     /// authorised, and no link can be created.
     pub async fn check_reachable(&self) -> Result<u16, CallError> {
+        let key = self.key.get();
         let started = Instant::now();
         let sent = self
             .http
             .post(self.url.clone())
-            .header("x-mos-key", self.key_header.clone())
+            .header("x-mos-key", key.header.clone())
             .header(
                 "x-request-id",
                 format!("check-config-{}", uuid::Uuid::new_v4()),
@@ -146,7 +159,7 @@ impl LinkClient {
             .await;
         let response = sent.map_err(|error| {
             self.metrics.count_api_request(None, started.elapsed());
-            CallError::no_answer(self.scrub(&describe_transport_error(&error)))
+            CallError::no_answer(scrub(&describe_transport_error(&error), &key))
         })?;
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
@@ -155,16 +168,16 @@ impl LinkClient {
         if status == StatusCode::BAD_REQUEST || status.is_success() {
             return Ok(status.as_u16());
         }
-        match classify(status, None, false, &body, self.secret.expose()) {
+        match classify(status, None, false, &body, key.secret.expose()) {
             Ok(_) => Ok(status.as_u16()),
             Err(error) => Err(error),
         }
     }
+}
 
-    /// A hostile or broken endpoint could echo the key back; never pass it on.
-    fn scrub(&self, text: &str) -> String {
-        text.replace(self.secret.expose(), "[redacted]")
-    }
+/// A hostile or broken endpoint could echo the key back; never pass it on.
+fn scrub(text: &str, key: &Keyed) -> String {
+    text.replace(key.secret.expose(), "[redacted]")
 }
 
 /// The event id comes from the producer (`message_id` or the body) and may

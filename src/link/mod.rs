@@ -8,6 +8,7 @@ mod cache;
 mod circuit;
 mod client;
 pub mod flow;
+pub mod key;
 pub mod policy;
 mod probe;
 mod single_flight;

@@ -92,9 +92,23 @@ impl TargetHealth {
 /// after it (`probe.rs`): the key is refused only if the check is refused
 /// too. Else the refusal is about this request (a WAF rule matching an
 /// identifier, a workflow refusing one user): it is rejected, and must not
-/// pause every other visitor.
-pub fn refusal_given(refused: CallError, check: &Result<u16, CallError>) -> CallError {
+/// pause every other visitor. `rotated`: the key changed since the request
+/// was sent, so the check (with the new key) says nothing about the key the
+/// request carried; it is tried again, never rejected.
+pub fn refusal_given(
+    refused: CallError,
+    check: &Result<u16, CallError>,
+    rotated: bool,
+) -> CallError {
     match TargetHealth::of(check) {
+        TargetHealth::Up if rotated => CallError {
+            verdict: Verdict::RetryAfter(None),
+            message: format!(
+                "{} (sent with the previous key; the key file has changed since, so it is tried again)",
+                refused.message
+            ),
+            ..refused
+        },
         TargetHealth::KeyRefused => refused,
         TargetHealth::Up => CallError {
             verdict: Verdict::Reject,
@@ -188,16 +202,37 @@ mod tests {
             message: "HTTP 403 from the link endpoint: blocked".into(),
         };
         let check_refused: Result<u16, CallError> = Err(refused());
-        assert_eq!(refusal_given(refused(), &check_refused), refused());
-        let accepted = refusal_given(refused(), &Ok(400));
+        assert_eq!(refusal_given(refused(), &check_refused, false), refused());
+        let accepted = refusal_given(refused(), &Ok(400), false);
         assert_eq!(accepted.verdict, Verdict::Reject);
         assert_eq!(accepted.status, Some(403));
         assert!(accepted.message.starts_with("HTTP 403"));
         let down: Result<u16, CallError> = Err(error(Verdict::RetryAfter(None)));
         assert_eq!(
-            refusal_given(refused(), &down).verdict,
+            refusal_given(refused(), &down, false).verdict,
             Verdict::RetryAfter(None)
         );
+    }
+
+    #[test]
+    fn a_refusal_with_a_key_rotated_since_is_tried_again_not_rejected() {
+        let refused = || CallError {
+            verdict: Verdict::KeyRefused,
+            status: Some(401),
+            message: "HTTP 401 from the link endpoint".into(),
+        };
+        // The check, with the new key, is accepted: the old key was refused.
+        let retried = refusal_given(refused(), &Ok(400), true);
+        assert_eq!(retried.verdict, Verdict::RetryAfter(None));
+        assert!(retry_in_process(&retried, false));
+        let ladder = RetryLadder::new(vec![Duration::from_secs(1)]);
+        assert!(matches!(
+            after_failure(retried, false, &ladder, 0),
+            Outcome::Retry { .. }
+        ));
+        // Refused with the new key too: the key is refused, as without a rotation.
+        let still: Result<u16, CallError> = Err(refused());
+        assert_eq!(refusal_given(refused(), &still, true), refused());
     }
 
     #[test]

@@ -36,6 +36,10 @@ impl EndpointCheck {
         }
     }
 
+    pub fn client(&self) -> &LinkClient {
+        &self.client
+    }
+
     /// The answer of a check that started at `since` or later.
     pub async fn since(&self, since: Instant) -> Result<u16, CallError> {
         let mut last = self.last.lock().await;
@@ -73,15 +77,21 @@ pub async fn probe_loop(
         if !circuit.is_open() {
             continue;
         }
+        // A key rotated in its file is tried at once, without a restart.
+        check.client().reload_key();
         let answer = check.since(Instant::now()).await;
         let error = answer.as_ref().err().map(|e| e.message.as_str());
         match circuit.observe_probe(&answer) {
             TargetHealth::Up => {}
-            TargetHealth::KeyRefused => tracing::error!(
-                error,
-                next_probe_in = %crate::ops::telemetry::duration(interval),
-                "the link endpoint still refuses the key; check LINKER_MOS_SECRET_KEY"
-            ),
+            TargetHealth::KeyRefused => {
+                let variable = check.client().key_variable();
+                tracing::error!(
+                    error,
+                    variable,
+                    next_probe_in = %crate::ops::telemetry::duration(interval),
+                    "the link endpoint still refuses the key; check {variable}"
+                )
+            }
             TargetHealth::Unavailable => tracing::error!(
                 error,
                 next_probe_in = %crate::ops::telemetry::duration(interval),

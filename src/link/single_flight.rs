@@ -237,13 +237,18 @@ impl Linker {
         let attempt = || async {
             let turn = self.flow.turn().await;
             let sent = Instant::now();
+            let sent_with = self.client.key_generation();
             let mut result = self.client.link(event, request_id).await;
             turn.done(&result, sent.elapsed());
             if let Err(refused) = &result
                 && refused.verdict == Verdict::KeyRefused
             {
+                // A rotated key file is read before anything blames the key
+                // (or this request); the check then uses the key in use now.
+                self.client.reload_key();
+                let rotated = self.client.key_generation() != sent_with;
                 let check = self.check.since(sent).await;
-                result = Err(policy::refusal_given(refused.clone(), &check));
+                result = Err(policy::refusal_given(refused.clone(), &check, rotated));
             }
             self.circuit.observe(&result);
             result

@@ -31,6 +31,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -79,6 +84,8 @@ pub struct Metrics {
     pub broker_reconnects: Counter,
     broker_connect_failures: Family<NodeLabels, Counter>,
     pub circuit_open: Gauge,
+    /// Re-reads of `LINKER_MOS_SECRET_KEY_FILE` (`link::key`).
+    secret_key_reloads: Family<ResultLabels, Counter>,
     /// The adaptive limit on link calls in flight (`link::flow`).
     pub concurrency_limit: Gauge,
     /// 429s (and 503s with `Retry-After`) that paused the process.
@@ -232,6 +239,15 @@ impl Metrics {
             "1 while the circuit is open (key refused or target down)",
             circuit_open.clone(),
         );
+        let secret_key_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "identity_linker_secret_key_reloads",
+            "Re-reads of LINKER_MOS_SECRET_KEY_FILE (on a refused key, before each probe), by result",
+            secret_key_reloads.clone(),
+        );
+        for result in ["changed", "unchanged", "failed"] {
+            let _ = secret_key_reloads.get_or_create(&ResultLabels { result });
+        }
         let concurrency_limit = Gauge::default();
         registry.register(
             "identity_linker_concurrency_limit",
@@ -292,6 +308,7 @@ impl Metrics {
             broker_reconnects,
             broker_connect_failures,
             circuit_open,
+            secret_key_reloads,
             concurrency_limit,
             rate_limited,
             rate_limit_paused_seconds,
@@ -320,6 +337,12 @@ impl Metrics {
         for (name, gauge) in listed.iter() {
             gauge.set(i64::from(Some(name.as_str()) == node));
         }
+    }
+
+    pub fn count_key_reload(&self, result: &'static str) {
+        self.secret_key_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn count_connect_failure(&self, node: &str) {
@@ -476,6 +499,7 @@ mod tests {
             "identity_linker_broker_reconnects_total",
             "identity_linker_broker_connect_failures_total",
             "identity_linker_circuit_open",
+            "identity_linker_secret_key_reloads_total",
             "identity_linker_concurrency_limit",
             "identity_linker_rate_limited_total",
             "identity_linker_rate_limit_paused_seconds_total",

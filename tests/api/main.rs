@@ -3,6 +3,7 @@
 //! queue and exchange names, so they run in parallel on one broker.
 
 mod circuit;
+mod config;
 mod dlq_replay;
 mod flow;
 mod helpers;

@@ -6,6 +6,7 @@
 //! that API is adapted here and not in every suite.
 
 pub mod broker;
+pub mod fake_amqp;
 pub mod names;
 pub mod process;
 pub mod scrape;
