@@ -85,8 +85,8 @@ impl Scenario {
             ops,
             logs: LogDir::new(name),
             amqp_url: amqp_url.to_owned(),
-            ctl: if amqp_url == private().amqp_url {
-                private().ctl()
+            ctl: if amqp_url == super::private().amqp_url {
+                super::private().ctl()
             } else {
                 Vec::new()
             },

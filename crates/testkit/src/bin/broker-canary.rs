@@ -70,11 +70,16 @@ async fn main() -> ExitCode {
         return fail("cannot handle SIGTERM");
     };
     let client = reqwest::Client::new();
-    let connection =
-        match connect_to(&url, &BrokerTls::default(), "identity-link-worker broker-canary").await {
-            Ok(connection) => connection,
-            Err(e) => return fail(&format!("cannot connect to {}: {e}", url.redacted())),
-        };
+    let connection = match connect_to(
+        &url,
+        &BrokerTls::default(),
+        "identity-link-worker broker-canary",
+    )
+    .await
+    {
+        Ok(connection) => connection,
+        Err(e) => return fail(&format!("cannot connect to {}: {e}", url.redacted())),
+    };
     let (node, before) = match node_uptime(&client).await {
         Ok(v) => v,
         Err(e) => return fail(&format!("the management API: {e}")),
@@ -110,7 +115,10 @@ async fn main() -> ExitCode {
     }
     match node_uptime(&client).await {
         Ok((now_node, after)) if now_node != node => {
-            disturbed.push(format!("the management API now answers as {now_node}, was {node} (uptime {} s)", after.as_secs()));
+            disturbed.push(format!(
+                "the management API now answers as {now_node}, was {node} (uptime {} s)",
+                after.as_secs()
+            ));
         }
         Ok((_, after)) if after + UPTIME_SLACK < before + watched => disturbed.push(format!(
             "{node} restarted: uptime {} s, was {} s {} s ago",
