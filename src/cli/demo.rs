@@ -252,7 +252,11 @@ async fn demo(users: usize) -> Result<(), String> {
     }
     let _ = connection.close(200, "demo done".into()).await;
     sim.shutdown().await;
-    println!("\nnext: `bash scripts/test` runs the test suite against this broker.");
+    println!(
+        "\nnext: `bash scripts/test` runs the whole test suite (about 35 minutes; README \"Test\"): \
+         on this broker only tests that leave it alone, each with its own names; the tests that \
+         cut or restart a broker use private nodes it starts and removes."
+    );
     Ok(())
 }
 

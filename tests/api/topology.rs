@@ -10,11 +10,9 @@ use testkit::worker::{InProcess, Private};
 
 use crate::helpers::*;
 
-const MANAGEMENT: &str = "http://127.0.0.1:15672/api";
-
 async fn get(path: &str) -> Value {
     let response = reqwest::Client::new()
-        .get(format!("{MANAGEMENT}{path}"))
+        .get(format!("{}/api{path}", testkit::broker::management_url()))
         .basic_auth("guest", Some("guest"))
         .send()
         .await

@@ -20,7 +20,7 @@ use crate::harness::*;
 /// Which broker a scenario runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Broker {
-    /// The machine's RabbitMQ (3.10.8 here; `scripts/ensure-rabbitmq`).
+    /// RabbitMQ 3.10: the fault suite's private node (`scripts/rabbitmq-private`).
     Local,
     /// RabbitMQ 4.0 beside it (`scripts/ensure-rabbitmq4`).
     Four,
@@ -29,7 +29,7 @@ enum Broker {
 impl Broker {
     fn url(self) -> String {
         match self {
-            Broker::Local => testkit::broker::amqp_url(),
+            Broker::Local => private().amqp_url.clone(),
             Broker::Four => testkit::broker::second_amqp_url(),
         }
     }
@@ -40,10 +40,10 @@ impl Broker {
         }
     }
     /// The management API, for the consumer list.
-    fn management(self) -> &'static str {
+    fn management(self) -> String {
         match self {
-            Broker::Local => "http://127.0.0.1:15672",
-            Broker::Four => "http://127.0.0.1:15673",
+            Broker::Local => private().management_url.clone(),
+            Broker::Four => testkit::broker::second_management_url(),
         }
     }
 }

@@ -13,7 +13,6 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 /// The worker's default broker URL (local RabbitMQ, guest).
 pub use identity_link_worker::config::DEFAULT_AMQP_URL;
 
-/// The broker the tests use: `LINKER_AMQP_URL`, else the worker's default.
 /// The second broker (RabbitMQ 4.0, `scripts/ensure-rabbitmq4`): `RABBITMQ4_URL`,
 /// default `amqp://guest:guest@127.0.0.1:5673/%2f`.
 pub fn second_amqp_url() -> String {
@@ -21,8 +20,80 @@ pub fn second_amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5673/%2f".to_owned())
 }
 
+/// The broker the parallel, non-disruptive tests use: `LINKER_AMQP_URL`, else
+/// the worker's default (the machine's RabbitMQ on 5672, possibly the user's).
 pub fn amqp_url() -> String {
     std::env::var("LINKER_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// The management API of [`amqp_url`]'s broker (no trailing `/api`):
+/// `RABBITMQ_MANAGEMENT_URL`, default `http://127.0.0.1:15672`.
+pub fn management_url() -> String {
+    std::env::var("RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The management API of [`second_amqp_url`]'s broker (RabbitMQ 4.0):
+/// `RABBITMQ4_MANAGEMENT_URL`, default `http://127.0.0.1:15673`.
+pub fn second_management_url() -> String {
+    std::env::var("RABBITMQ4_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15673".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The private broker node of `scripts/rabbitmq-private`, which the tests
+/// that cut or restart their broker use instead of [`amqp_url`]'s.
+#[derive(Clone, Debug)]
+pub struct PrivateNode {
+    /// `RABBITMQ_PRIVATE_NODE`, for `rabbitmqctl -n`.
+    pub node: String,
+    /// `RABBITMQ_PRIVATE_URL`.
+    pub amqp_url: String,
+    /// `RABBITMQ_PRIVATE_MANAGEMENT_URL` (no trailing `/api`).
+    pub management_url: String,
+}
+
+impl PrivateNode {
+    /// From the variables `scripts/rabbitmq-private env` exports. Missing
+    /// ones, or ones that name the shared broker, fail the run: these tests
+    /// never fall back to the machine's broker, nor skip.
+    pub fn from_env() -> Self {
+        let get = |key: &str| match std::env::var(key) {
+            Ok(value) if !value.trim().is_empty() => value.trim().to_owned(),
+            _ => panic!(
+                "{key} is not set: the tests that cut or restart their broker run on a \
+                 private node only, never on the broker on 5672. Start it with \
+                 `bash scripts/rabbitmq-private up && eval \"$(bash scripts/rabbitmq-private env)\"` \
+                 (scripts/test does this)."
+            ),
+        };
+        let private = Self {
+            node: get("RABBITMQ_PRIVATE_NODE"),
+            amqp_url: get("RABBITMQ_PRIVATE_URL"),
+            management_url: get("RABBITMQ_PRIVATE_MANAGEMENT_URL")
+                .trim_end_matches('/')
+                .to_owned(),
+        };
+        let shared = [amqp_url(), DEFAULT_AMQP_URL.to_owned()];
+        assert!(
+            !shared.contains(&private.amqp_url)
+                && private.node != "rabbit@localhost"
+                && private.management_url != management_url(),
+            "RABBITMQ_PRIVATE_* name the shared broker ({}, {}); the private node must be \
+             another one (scripts/rabbitmq-private)",
+            AmqpUrl::new(&private.amqp_url).redacted(),
+            private.node
+        );
+        private
+    }
+
+    /// The rabbitmqctl command line that reaches this node and no other.
+    pub fn ctl(&self) -> Vec<String> {
+        vec!["rabbitmqctl".to_owned(), "-n".to_owned(), self.node.clone()]
+    }
 }
 
 /// Connects to `url` (or the first node of a comma-separated list that

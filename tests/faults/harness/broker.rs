@@ -1,13 +1,35 @@
 //! The broker: what only the fault suite does to it (`rabbitmqctl`), on top
 //! of the shared connection and queue helpers.
+//!
+//! The suite cuts and restarts its broker, so its single-node scenarios run on
+//! the private node of `scripts/rabbitmq-private` (from the variables its
+//! `env` prints), never on the machine's broker on 5672, which may be the
+//! user's. Without that node the suite fails; it never falls back.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use testkit::broker::{broker, broker_at, depth};
+use lapin::Connection;
+pub use testkit::broker::{PrivateNode, broker_at, depth};
+
+/// The private node, read once.
+pub fn private() -> &'static PrivateNode {
+    static PRIVATE: OnceLock<PrivateNode> = OnceLock::new();
+    PRIVATE.get_or_init(PrivateNode::from_env)
+}
+
+/// A connection to the private node.
+pub async fn broker() -> Connection {
+    broker_at(&private().amqp_url).await
+}
+
+/// rabbitmqctl on the private node (`-n` names it, so no other node is reached).
 pub async fn rabbitmqctl(args: &[&str]) -> String {
-    ctl(&["rabbitmqctl"], args).await
+    let program = private().ctl();
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    ctl(&program, args).await
 }
 
 /// Runs `program` (a rabbitmqctl command line, e.g. the cluster script's
@@ -63,21 +85,23 @@ pub async fn list_queues_via(program: &[&str]) -> HashMap<String, (u64, u64)> {
         .collect()
 }
 
-/// Restarts the broker's application if a test stops it and then fails:
-/// the broker is always left running.
+/// Restarts the private node's application if a test stops it and then
+/// fails: the node is always left running.
 pub struct BrokerGuard;
 
 impl Drop for BrokerGuard {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "await_startup", "--timeout", "110"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let ctl = private().ctl();
+        for args in [
+            &["-q", "start_app"][..],
+            &["-q", "await_startup", "--timeout", "110"][..],
+        ] {
+            let _ = Command::new(&ctl[0])
+                .args(&ctl[1..])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

@@ -11,7 +11,7 @@ use mos_sim::{MosSim, SimConfig};
 use testkit::names::{Vars, private_vars, random_hex, with};
 use testkit::worker::Private;
 
-use super::{ScanReport, Worker, broker_at, list_queues_via, scan};
+use super::{ScanReport, Worker, broker_at, list_queues_via, private, scan};
 
 /// One scenario's private world. The secret key and the identifier tag are
 /// random and distinctive, so the secret scan cannot be fooled by chance.
@@ -28,7 +28,7 @@ pub struct Scenario {
     /// The broker this scenario's workers and producers use (a cluster's
     /// nodes as a comma-separated list).
     pub amqp_url: String,
-    /// The rabbitmqctl command line that reaches that broker.
+    /// The rabbitmqctl command line that reaches that broker (empty: none).
     pub ctl: Vec<String>,
     private: Private,
     cleaned: bool,
@@ -38,12 +38,15 @@ impl Scenario {
     /// mos-sim on port 0 with the scenario's key, worker variables with
     /// private names, a fixed operations port (reused across restarts),
     /// `RUST_LOG=trace` and JSON logs; `overrides` on top. The topology is
-    /// declared here, so events can be queued before any worker runs.
+    /// declared here, so events can be queued before any worker runs. On the
+    /// private node ([`private`]).
     pub async fn new(name: &'static str, sim: SimConfig, overrides: &[(&str, &str)]) -> Self {
-        Self::on_broker(&testkit::broker::amqp_url(), name, sim, overrides).await
+        Self::on_broker(&private().amqp_url, name, sim, overrides).await
     }
 
-    /// [`Scenario::new`] on the broker at `amqp_url`.
+    /// [`Scenario::new`] on the broker at `amqp_url`. Only the private node
+    /// comes with a rabbitmqctl ([`Scenario::ctl`]); on another broker the
+    /// caller sets it if it needs one.
     pub async fn on_broker(
         amqp_url: &str,
         name: &'static str,
@@ -82,7 +85,11 @@ impl Scenario {
             ops,
             logs: LogDir::new(name),
             amqp_url: amqp_url.to_owned(),
-            ctl: vec!["rabbitmqctl".to_owned()],
+            ctl: if amqp_url == super::private().amqp_url {
+                super::private().ctl()
+            } else {
+                Vec::new()
+            },
             private,
             cleaned: false,
         }
@@ -118,6 +125,12 @@ impl Scenario {
 
     /// Ready + unacked of every queue of the scenario, from the broker itself.
     pub async fn queue_counts(&self) -> BTreeMap<String, (u64, u64)> {
+        assert!(
+            !self.ctl.is_empty(),
+            "{}: no rabbitmqctl for the broker at {}",
+            self.name,
+            self.amqp_url
+        );
         let ctl: Vec<&str> = self.ctl.iter().map(String::as_str).collect();
         let all = list_queues_via(&ctl).await;
         self.queues()
@@ -172,12 +185,14 @@ impl Drop for Scenario {
             return;
         }
         // A failed test: remove the queues so a rerun starts clean; logs stay.
-        // (rabbitmqctl reaches the machine's own broker only.)
-        if self.amqp_url != testkit::broker::amqp_url() {
+        // (Only on the private node: a cluster's may be paused, with no answer.)
+        if self.amqp_url != private().amqp_url {
             return;
         }
+        let ctl = private().ctl();
         for q in self.queues() {
-            let _ = Command::new("rabbitmqctl")
+            let _ = Command::new(&ctl[0])
+                .args(&ctl[1..])
                 .args(["-q", "delete_queue", &q])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
