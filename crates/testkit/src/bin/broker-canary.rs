@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
     let Some(ready_file) = std::env::args().nth(1) else {
         return fail("usage: broker-canary READY_FILE");
     };
-    let url = AmqpUrl::new(&amqp_url());
+    let url = AmqpUrl::new(amqp_url());
     let Ok(mut terminate) = signal(SignalKind::terminate()) else {
         return fail("cannot handle SIGTERM");
     };
