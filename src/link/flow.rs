@@ -206,13 +206,9 @@ impl Limit {
             .max(1)
     }
 
-    /// Whether a round trip has passed since the limit last changed. In
-    /// slow start two: the calls that finish within the first round trip
-    /// after a doubling were sent before it, and doubling on their word
-    /// would overshoot by another factor of two.
+    /// Whether a round trip has passed since the limit last changed.
     fn round_trip_passed(&self, now: Instant) -> bool {
-        let trips = if self.slow_start { 2.0 } else { 1.0 };
-        let window = Duration::from_secs_f64(trips * self.recent.unwrap_or(0.0).max(0.001));
+        let window = Duration::from_secs_f64(self.recent.unwrap_or(0.0).max(0.001));
         self.last_change
             .is_none_or(|at| now.saturating_duration_since(at) >= window)
     }
@@ -557,28 +553,6 @@ mod tests {
                 "capacity {capacity} at {base_ms} ms: in flight {low}..{high}"
             );
         }
-    }
-
-    #[test]
-    fn slow_start_overshoots_the_capacity_by_one_doubling_at_most() {
-        // The answers of a round trip carry the latency of the calls in
-        // flight one round trip earlier, as on a real pipeline.
-        let (capacity, base_ms) = (16.0, 10.0);
-        let mut limit = Limit::new(INITIAL_LIMIT, 128.0);
-        let mut t = Instant::now();
-        let mut sent = limit.allowed() as f64;
-        let mut most = 0.0_f64;
-        for _ in 0..200 {
-            let n = limit.allowed() as f64;
-            most = most.max(n);
-            let latency = Duration::from_secs_f64(base_ms * (sent / capacity).max(1.0) / 1000.0);
-            for _ in 0..limit.allowed() {
-                limit.record(Signal::Answered(latency), true, t);
-            }
-            sent = n;
-            t += latency;
-        }
-        assert!(most <= 2.0 * capacity, "{most} calls in flight at most");
     }
 
     #[test]
