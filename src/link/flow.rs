@@ -8,15 +8,11 @@
 //!   limit instead of meeting it again at full speed after every pause. The
 //!   pace is dropped once it has doubled without meeting a limit.
 //!   `LINKER_MAX_REQUESTS_PER_SECOND` adds a fixed pace of its own.
-//! - **Limit**: the calls in flight follow a Vegas limit between 1 and
-//!   `LINKER_CONCURRENCY`. From the latency above its baseline it estimates
-//!   how many calls wait at the endpoint: fewer than 3 and the limit in use,
-//!   it grows (doubling at start, then +1 per round trip); more than 6, or a
-//!   rate limit, a timeout or a 5xx, it shrinks ×0.9 (at most once per round
-//!   trip).
-//! - **Admission**: the events in hand (deliveries being worked) follow the
-//!   limit, a quarter above it, so what the limit holds back waits in the
-//!   broker rather than in the process.
+//! - **Limit**: the calls in flight follow an AIMD limit between 1 and
+//!   `LINKER_CONCURRENCY` (where it starts, so a healthy endpoint costs
+//!   nothing): +1 per round trip while the limit is in use and latency stays
+//!   within twice its baseline; ×0.9 (at most once per round trip) on a rate
+//!   limit, a timeout, a 5xx, or latency above that.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -35,19 +31,9 @@ use crate::ops::metrics::Metrics;
 pub const PATIENCE: Duration = Duration::from_secs(300);
 
 /// How slowly the latency baseline follows a latency that stays higher.
-const BASELINE_CREEP: Duration = Duration::from_secs(300);
-/// Where the limit starts; a slow start doubles it every round trip until
-/// the endpoint shows a queue, so a healthy one reaches the ceiling within a
-/// few round trips and an overloaded one is not flooded at start.
-const INITIAL_LIMIT: f64 = 8.0;
-/// Latency within this much of the baseline is noise (the worker's own
-/// scheduling, the network), not a queue at the endpoint: at a sub-millisecond
-/// baseline a ratio would take that noise for overload.
-const LATENCY_SLACK: Duration = Duration::from_millis(2);
-/// Calls estimated queued at the endpoint below which the limit grows, and
-/// above which it shrinks (Vegas's alpha and beta).
-const QUEUE_LOW: f64 = 3.0;
-const QUEUE_HIGH: f64 = 6.0;
+const BASELINE_CREEP: Duration = Duration::from_secs(60);
+/// Latency above this many times its baseline counts as overload.
+const LATENCY_TOLERANCE: f64 = 2.0;
 const DECREASE: f64 = 0.9;
 /// The pace after a rate limit: this share of the rate that met it…
 const PACE_AFTER_LIMIT: f64 = 0.9;
@@ -63,8 +49,6 @@ pub struct Flow {
     pace: Mutex<Pace>,
     limit: Mutex<Limit>,
     slot_freed: Notify,
-    /// An admission ended, or the limit grew.
-    room: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -136,23 +120,18 @@ impl Pace {
     }
 }
 
-/// A Vegas limit on calls in flight.
+/// AIMD on calls in flight, with a latency signal.
 struct Limit {
     limit: f64,
     ceiling: f64,
     in_flight: usize,
-    /// Events admitted into the process ([`Admission`]).
-    in_hand: usize,
-    /// Doubling every round trip until the first sign of a queue.
-    slow_start: bool,
     /// Smoothed latency of the last calls, and the lowest it has been
-    /// (creeping up over [`BASELINE_CREEP`], so an endpoint that got slower
-    /// for good is not taken as overloaded for ever), in seconds.
+    /// (creeping up over a minute, so an endpoint that got slower for good
+    /// is not taken as overloaded for ever), in seconds.
     recent: Option<f64>,
     baseline: Option<f64>,
     baseline_at: Option<Instant>,
-    /// The limit changes at most once per round trip.
-    last_change: Option<Instant>,
+    last_decrease: Option<Instant>,
 }
 
 /// What a finished call says about the endpoint's capacity.
@@ -179,15 +158,13 @@ impl Signal {
 impl Limit {
     fn new(start: f64, ceiling: f64) -> Self {
         Self {
-            limit: start.min(ceiling),
+            limit: start,
             ceiling,
             in_flight: 0,
-            in_hand: 0,
-            slow_start: true,
             recent: None,
             baseline: None,
             baseline_at: None,
-            last_change: None,
+            last_decrease: None,
         }
     }
 
@@ -195,91 +172,49 @@ impl Limit {
         (self.limit as usize).max(1)
     }
 
-    /// Events the process may hold: the calls the limit allows, a quarter
-    /// more for the events that need no call or are settling, never more
-    /// than the ceiling. Beyond that they wait in the broker, not in here,
-    /// so a lower limit does not turn into a queue inside the process.
-    fn admissible(&self) -> usize {
-        let allowed = self.allowed();
-        (allowed + allowed / 4 + 1)
-            .min(self.ceiling as usize)
-            .max(1)
-    }
-
-    /// Whether a round trip has passed since the limit last changed.
-    fn round_trip_passed(&self, now: Instant) -> bool {
+    fn decrease(&mut self, now: Instant) {
         let window = Duration::from_secs_f64(self.recent.unwrap_or(0.0).max(0.001));
-        self.last_change
-            .is_none_or(|at| now.saturating_duration_since(at) >= window)
-    }
-
-    fn set(&mut self, limit: f64, now: Instant) {
-        self.limit = limit.clamp(1.0, self.ceiling);
-        self.last_change = Some(now);
-    }
-
-    /// Calls estimated waiting at the endpoint: the share of the latency
-    /// above the baseline (less [`LATENCY_SLACK`]), times the calls in flight.
-    fn queued(&self) -> f64 {
-        match (self.recent, self.baseline) {
-            (Some(recent), Some(baseline)) if recent > 0.0 => {
-                let over = recent - baseline - LATENCY_SLACK.as_secs_f64();
-                self.limit * over.max(0.0) / recent
-            }
-            _ => 0.0,
+        if self
+            .last_decrease
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
+        {
+            return;
         }
+        self.limit = (self.limit * DECREASE).max(1.0);
+        self.last_decrease = Some(now);
     }
 
     /// A call ended; `busy` tells whether the limit was in use when it did.
     fn record(&mut self, signal: Signal, busy: bool, now: Instant) {
         match signal {
             Signal::Neutral => {}
-            Signal::Overloaded => {
-                self.slow_start = false;
-                if self.round_trip_passed(now) {
-                    self.set(self.limit * DECREASE, now);
-                }
-            }
+            Signal::Overloaded => self.decrease(now),
             Signal::Answered(latency) => {
-                self.observe(latency.as_secs_f64(), now);
-                if !self.round_trip_passed(now) {
-                    return;
-                }
-                let queued = self.queued();
-                if queued > QUEUE_HIGH {
-                    self.slow_start = false;
-                    self.set(self.limit * DECREASE, now);
-                } else if queued >= QUEUE_LOW {
-                    self.slow_start = false;
+                let latency = latency.as_secs_f64();
+                let recent = match self.recent {
+                    Some(r) => r + 0.2 * (latency - r),
+                    None => latency,
+                };
+                self.recent = Some(recent);
+                // Creeps up with a time constant of a minute, whatever the
+                // call rate: sustained overload must not become the baseline
+                // within seconds.
+                let creep = self.baseline_at.map_or(1.0, |at| {
+                    now.saturating_duration_since(at).as_secs_f64() / BASELINE_CREEP.as_secs_f64()
+                });
+                let baseline = match self.baseline {
+                    Some(b) if recent >= b => b + creep.min(1.0) * (recent - b),
+                    _ => recent,
+                };
+                self.baseline = Some(baseline);
+                self.baseline_at = Some(now);
+                if recent > baseline * LATENCY_TOLERANCE {
+                    self.decrease(now);
                 } else if busy {
-                    let grown = if self.slow_start {
-                        self.limit * 2.0
-                    } else {
-                        self.limit + 1.0
-                    };
-                    self.set(grown, now);
+                    self.limit = (self.limit + 1.0 / self.limit).min(self.ceiling);
                 }
             }
         }
-    }
-
-    fn observe(&mut self, latency: f64, now: Instant) {
-        let recent = match self.recent {
-            Some(r) => r + 0.2 * (latency - r),
-            None => latency,
-        };
-        self.recent = Some(recent);
-        // Creeps up with a time constant of minutes, whatever the call rate:
-        // sustained overload must not become the baseline within seconds.
-        let creep = self.baseline_at.map_or(1.0, |at| {
-            now.saturating_duration_since(at).as_secs_f64() / BASELINE_CREEP.as_secs_f64()
-        });
-        let baseline = match self.baseline {
-            Some(b) if recent >= b => b + creep.min(1.0) * (recent - b),
-            _ => recent,
-        };
-        self.baseline = Some(baseline);
-        self.baseline_at = Some(now);
     }
 }
 
@@ -290,8 +225,7 @@ impl Flow {
         metrics: Arc<Metrics>,
     ) -> Self {
         let ceiling = ceiling.max(1) as f64;
-        let limit = Limit::new(INITIAL_LIMIT, ceiling);
-        metrics.concurrency_limit.set(limit.allowed() as i64);
+        metrics.concurrency_limit.set(ceiling as i64);
         Self {
             paused_until: Mutex::new(None),
             pace: Mutex::new(Pace {
@@ -300,31 +234,9 @@ impl Flow {
                 next_slot: Instant::now(),
                 recent: VecDeque::new(),
             }),
-            limit: Mutex::new(limit),
+            limit: Mutex::new(Limit::new(ceiling, ceiling)),
             slot_freed: Notify::new(),
-            room: Notify::new(),
             metrics,
-        }
-    }
-
-    /// Waits until the process may take one more event in hand (see
-    /// [`Limit::admissible`]); the admission ends when dropped.
-    pub async fn admit(self: &Arc<Self>) -> Admission {
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let mut limit = lock(&self.limit);
-                if limit.in_hand < limit.admissible() {
-                    limit.in_hand += 1;
-                    break;
-                }
-            }
-            room.await;
-        }
-        Admission {
-            flow: Arc::clone(self),
         }
     }
 
@@ -401,38 +313,15 @@ impl Flow {
     }
 
     fn finish(&self, signal: Signal) {
-        let (before, allowed) = {
+        let allowed = {
             let mut limit = lock(&self.limit);
-            let before = limit.allowed();
-            let busy = limit.in_flight >= before;
+            let busy = limit.in_flight >= limit.allowed();
             limit.in_flight = limit.in_flight.saturating_sub(1);
             limit.record(signal, busy, Instant::now());
-            (before, limit.allowed())
+            limit.allowed()
         };
         self.metrics.concurrency_limit.set(allowed as i64);
         self.slot_freed.notify_one();
-        if allowed > before {
-            // Room for more events in hand, and more calls.
-            self.room.notify_one();
-            for _ in before + 1..allowed {
-                self.slot_freed.notify_one();
-            }
-        }
-    }
-}
-
-/// One event in hand, counted against [`Limit::admissible`].
-pub struct Admission {
-    flow: Arc<Flow>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        {
-            let mut limit = lock(&self.flow.limit);
-            limit.in_hand = limit.in_hand.saturating_sub(1);
-        }
-        self.flow.room.notify_one();
     }
 }
 
@@ -512,77 +401,32 @@ mod tests {
         );
     }
 
-    /// Runs `rounds` round trips against a backend serving `capacity` calls
-    /// at `base_ms` and queueing the rest (mos-sim's capacity model with its
-    /// default extra latency): every call of a round sees the latency of the
-    /// calls in flight, the limit always in use. Returns the last rounds'
-    /// calls in flight.
-    fn against_capacity(
-        limit: &mut Limit,
-        t: &mut Instant,
-        capacity: f64,
-        base_ms: f64,
-        rounds: usize,
-    ) -> Vec<f64> {
-        let mut seen = Vec::new();
-        for _ in 0..rounds {
-            let n = limit.allowed() as f64;
-            let latency_ms = base_ms * (n / capacity).max(1.0);
-            let latency = Duration::from_secs_f64(latency_ms / 1000.0);
-            for _ in 0..limit.allowed() {
-                limit.record(Signal::Answered(latency), true, *t);
-            }
-            *t += latency;
-            seen.push(n);
-        }
-        seen.split_off(rounds - 50)
-    }
-
     #[test]
-    fn the_limit_settles_a_few_calls_above_the_endpoints_capacity() {
-        for (capacity, base_ms) in [(16.0, 10.0), (64.0, 10.0), (8.0, 50.0)] {
-            let mut limit = Limit::new(INITIAL_LIMIT, 128.0);
-            let last = against_capacity(&mut limit, &mut Instant::now(), capacity, base_ms, 2000);
-            let (low, high) = last
-                .iter()
-                .fold((f64::MAX, 0.0_f64), |(l, h), n| (l.min(*n), h.max(*n)));
-            // At or above capacity (full throughput), with a short queue:
-            // never more than a third more calls than the endpoint serves.
-            assert!(
-                low >= capacity && high <= capacity * 1.35 + 6.0,
-                "capacity {capacity} at {base_ms} ms: in flight {low}..{high}"
-            );
+    fn the_limit_falls_on_overload_and_grows_back_while_healthy() {
+        let now = Instant::now();
+        let mut limit = Limit::new(64.0, 64.0);
+        let fast = Signal::Answered(Duration::from_millis(10));
+        limit.record(fast, true, now);
+        // Latency far above the baseline: decrease, once per round trip.
+        for i in 0..20 {
+            let later = now + Duration::from_millis(100 * (i + 1));
+            limit.record(Signal::Answered(Duration::from_millis(80)), true, later);
         }
-    }
-
-    #[test]
-    fn scheduling_noise_at_a_fast_endpoint_keeps_the_limit_at_the_ceiling() {
-        let mut limit = Limit::new(INITIAL_LIMIT, 128.0);
-        let mut t = Instant::now();
-        for i in 0..200_000_u64 {
-            // 0.2 to 1.5 ms, the spread of a sub-millisecond call on a busy machine.
-            let latency = Duration::from_micros(200 + (i * 7919) % 1300);
-            limit.record(Signal::Answered(latency), true, t);
-            t += Duration::from_micros(10);
+        let fallen = limit.limit;
+        assert!(fallen < 64.0 * 0.9, "{fallen}");
+        // Overloaded answers (timeouts, 5xx) bring it down further.
+        for i in 0..20 {
+            limit.record(Signal::Overloaded, true, now + Duration::from_secs(5 + i));
         }
-        assert_eq!(limit.allowed(), 128);
-    }
-
-    #[test]
-    fn overload_brings_the_limit_down_and_health_brings_it_back() {
-        let mut limit = Limit::new(INITIAL_LIMIT, 64.0);
-        let mut t = Instant::now();
-        against_capacity(&mut limit, &mut t, 1000.0, 10.0, 100);
-        assert_eq!(limit.allowed(), 64, "a healthy endpoint: the ceiling");
-        // Timeouts and 5xx: ×0.9 once per round trip.
-        for _ in 0..20 {
-            limit.record(Signal::Overloaded, true, t);
-            t += Duration::from_millis(10);
+        assert!(limit.limit < fallen);
+        let low = limit.limit;
+        // Fast again: it grows while in use, never above the ceiling.
+        let mut t = now + Duration::from_secs(60);
+        for _ in 0..100_000 {
+            t += Duration::from_millis(1);
+            limit.record(fast, true, t);
         }
-        let fallen = limit.allowed();
-        assert!(fallen < 64 / 4, "{fallen}");
-        // Healthy again: +1 per round trip, never above the ceiling.
-        against_capacity(&mut limit, &mut t, 1000.0, 10.0, 200);
+        assert!(limit.limit > low && limit.limit <= 64.0, "{}", limit.limit);
         assert_eq!(limit.allowed(), 64);
     }
 
@@ -601,45 +445,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_events_in_hand_follow_the_limit() {
-        let flow = Arc::new(flow(64));
-        // The limit starts at 8: 8 + 2 + 1 events in hand.
-        let mut held = Vec::new();
-        for _ in 0..11 {
-            held.push(flow.admit().await);
-        }
-        let waiting = tokio::time::timeout(Duration::from_secs(1), flow.admit()).await;
-        assert!(
-            waiting.is_err(),
-            "a 12th event was admitted under a limit of 8"
-        );
-        held.pop();
-        assert!(
-            tokio::time::timeout(Duration::from_secs(1), flow.admit())
-                .await
-                .is_ok()
-        );
-        // The limit grows (slow start): room for more at once.
-        let turns = {
-            let mut turns = Vec::new();
-            for _ in 0..8 {
-                turns.push(flow.turn().await);
-            }
-            turns
-        };
-        tokio::time::advance(Duration::from_millis(5)).await;
-        for turn in turns {
-            turn.done(&Ok::<(), CallError>(()), Duration::from_millis(5));
-        }
-        assert_eq!(flow.limit(), 16);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(1), flow.admit())
-                .await
-                .is_ok()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn after_a_rate_limit_calls_are_paced_below_the_rate_that_met_it() {
         let flow = flow(1000);
         // 100 calls in the last second, then a limit.
@@ -649,10 +454,10 @@ mod tests {
                 .done(&Ok::<(), CallError>(()), Duration::ZERO);
             tokio::time::advance(Duration::from_millis(9)).await;
         }
-        // Calls of the same moment all come back limited: one episode.
+        // Ten calls of the same moment all come back limited: one episode.
         let together: Vec<Turn<'_>> = {
             let mut turns = Vec::new();
-            for _ in 0..flow.limit() {
+            for _ in 0..10 {
                 turns.push(flow.turn().await);
             }
             turns

@@ -40,7 +40,7 @@ const SHARDS: usize = 16;
 
 pub struct Linker {
     client: LinkClient,
-    flow: Arc<Flow>,
+    flow: Flow,
     check: Arc<EndpointCheck>,
     cache: LinkedCache,
     circuit: Arc<Circuit>,
@@ -87,7 +87,7 @@ impl Linker {
         Self {
             check: Arc::new(EndpointCheck::new(client.clone())),
             client,
-            flow: Arc::new(flow),
+            flow,
             cache,
             circuit,
             metrics,
@@ -105,8 +105,7 @@ impl Linker {
         &self.client
     }
 
-    /// Shared with the consumer, which admits events by it.
-    pub fn flow(&self) -> &Arc<Flow> {
+    pub fn flow(&self) -> &Flow {
         &self.flow
     }
 
