@@ -6,13 +6,36 @@ use mos_sim::{Faults, SimConfig};
 
 use crate::helpers::*;
 
+/// After the circuit reopened: the `n` events published are all linked
+/// once, none dead-lettered, the worker ready, nothing left in its queues.
+async fn resumes_and_links_all(mut app: TestApp, n: u64) {
+    app.wait_settled(n).await;
+    assert_eq!(app.outcome("linked") + app.outcome("already_linked"), n);
+    assert_eq!(app.sim.stats().links, n);
+    assert_eq!(app.outcome("dead_lettered"), 0);
+    assert_eq!(app.worker.circuit_open(), 0);
+    app.wait_ready().await;
+    app.stop_worker().await;
+    assert_eq!(
+        app.depth(&app.topology.dead_letter).await,
+        0,
+        "0 dead letters"
+    );
+    assert_eq!(
+        app.depth(&app.topology.queue).await,
+        0,
+        "nothing left behind"
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_pauses_the_worker_and_it_resumes_by_itself() {
     let sim = SimConfig {
         secret_key: "a-different-key".into(),
         ..SimConfig::default()
     };
-    let mut app = TestApp::spawn_with(sim, &[("LINKER_CIRCUIT_PROBE_INTERVAL", "300ms")]).await;
+    let app = TestApp::spawn_with(sim, &[("LINKER_CIRCUIT_PROBE_INTERVAL", "300ms")]).await;
     app.publish_pairs("user.logged_in", "key", 5).await;
     app.wait_circuit_open(Duration::from_secs(10)).await;
     let (status, body) = app.readyz().await;
@@ -26,18 +49,7 @@ async fn a_refused_key_pauses_the_worker_and_it_resumes_by_itself() {
     assert_eq!(app.outcome("dead_lettered"), 0);
 
     app.sim.set_key(KEY);
-    app.wait_settled(5).await;
-    assert_eq!(app.outcome("linked") + app.outcome("already_linked"), 5);
-    assert_eq!(app.sim.stats().links, 5);
-    assert_eq!(app.worker.circuit_open(), 0);
-    app.wait_ready().await;
-    app.stop_worker().await;
-    assert_eq!(
-        app.depth(&app.topology.queue).await,
-        0,
-        "nothing left behind"
-    );
-    app.finish().await;
+    resumes_and_links_all(app, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,22 +134,23 @@ impl MountedSecret {
     }
 }
 
+/// The worker's variables with the key read from `secret`'s file only.
+fn key_file_vars(sim: &mos_sim::MosSim, secret: &MountedSecret) -> testkit::names::Vars {
+    let path = secret.path();
+    let file = path.to_str().expect("a temporary path is UTF-8");
+    testkit::names::without(
+        with(base_vars(sim), &[("LINKER_MOS_SECRET_KEY_FILE", file)]),
+        "LINKER_MOS_SECRET_KEY",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_in_its_file_is_picked_up_without_a_restart() {
     let mut secret = MountedSecret::new("the-old-key");
     let sim = start_sim(sim_config()).await;
-    let vars = testkit::names::without(
-        with(
-            base_vars(&sim),
-            &[(
-                "LINKER_MOS_SECRET_KEY_FILE",
-                secret.path().to_str().unwrap(),
-            )],
-        ),
-        "LINKER_MOS_SECRET_KEY",
-    );
+    let vars = key_file_vars(&sim, &secret);
     let private = testkit::worker::Private::from_vars(vars);
-    let mut app = TestApp::start(sim, private).await;
+    let app = TestApp::start(sim, private).await;
     app.publish_pairs("user.logged_in", "rotate", 5).await;
     app.wait_circuit_open(Duration::from_secs(10)).await;
     let (_, body) = app.readyz().await;
@@ -153,23 +166,8 @@ async fn a_key_rotated_in_its_file_is_picked_up_without_a_restart() {
 
     secret.write(KEY);
     app.wait_settled(5).await;
-    assert_eq!(app.outcome("linked") + app.outcome("already_linked"), 5);
-    assert_eq!(app.sim.stats().links, 5);
-    assert_eq!(app.outcome("dead_lettered"), 0);
     assert!(reloads(&app.metrics_text().await, "changed") >= 1);
-    app.wait_ready().await;
-    app.stop_worker().await;
-    assert_eq!(
-        app.depth(&app.topology.dead_letter).await,
-        0,
-        "0 dead letters"
-    );
-    assert_eq!(
-        app.depth(&app.topology.queue).await,
-        0,
-        "nothing left behind"
-    );
-    app.finish().await;
+    resumes_and_links_all(app, 5).await;
 }
 
 /// The call goes out with the old key; the file is rotated while it waits;
@@ -187,16 +185,7 @@ async fn a_call_refused_with_the_key_rotated_meanwhile_is_tried_again() {
         ..sim_config()
     })
     .await;
-    let vars = testkit::names::without(
-        with(
-            base_vars(&sim),
-            &[(
-                "LINKER_MOS_SECRET_KEY_FILE",
-                secret.path().to_str().unwrap(),
-            )],
-        ),
-        "LINKER_MOS_SECRET_KEY",
-    );
+    let vars = key_file_vars(&sim, &secret);
     let mut app = TestApp::start(sim, testkit::worker::Private::from_vars(vars)).await;
     app.publish_pairs("user.logged_in", "midway", 1).await;
     wait_for("the call to go out", Duration::from_secs(10), || async {
