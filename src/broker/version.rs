@@ -99,16 +99,22 @@ pub enum Look {
 /// Opens a TCP connection to `node` (`host:port`), sends the protocol
 /// header and reads the first frame, then hangs up.
 pub async fn look(node: &str) -> Look {
-    match tokio::time::timeout(LOOK_TIMEOUT, first_frame(node)).await {
+    let Ok(Ok(stream)) = tokio::time::timeout(LOOK_TIMEOUT, TcpStream::connect(node)).await else {
+        return Look::Unknown;
+    };
+    match tokio::time::timeout(LOOK_TIMEOUT, first_frame(stream)).await {
         Ok(look) => look,
-        Err(_) => Look::Unknown,
+        // A broker greets at once; RabbitMQ's management port (HTTP) waits
+        // for a request line it never gets.
+        Err(_) => Look::NotAmqp(format!(
+            "it accepted the connection but sent no AMQP greeting in {}; a broker sends one at once \
+             (is it an HTTP port, such as the management plugin's 15672?)",
+            crate::ops::telemetry::duration(LOOK_TIMEOUT)
+        )),
     }
 }
 
-async fn first_frame(node: &str) -> Look {
-    let Ok(mut stream) = TcpStream::connect(node).await else {
-        return Look::Unknown;
-    };
+async fn first_frame(mut stream: TcpStream) -> Look {
     if stream.write_all(PROTOCOL_HEADER).await.is_err() {
         return Look::Unknown;
     }

@@ -109,7 +109,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run => run().await,
         // RUST_LOG too: the worker would refuse it at start.
         Command::CheckConfig => match Config::from_env().and_then(|c| {
-            telemetry::filter("info")?;
+            telemetry::filter(telemetry::DEFAULT_FILTER)?;
             Ok(c)
         }) {
             Ok(config) => check_config::run(&config).await,

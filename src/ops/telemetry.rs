@@ -35,12 +35,18 @@ pub const BUFFERED_LINES: usize = 8 * 1024;
 /// in `write(2)` on a pipe nobody reads: the process exits anyway.
 pub const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
+/// The filter when `RUST_LOG` is unset. lapin's own lines are off: every
+/// error it has is also returned to the worker, which logs it once, in its
+/// own words, with the URL redacted; lapin logged each failed login three
+/// times more, raw. `RUST_LOG=info,lapin=warn` brings them back.
+pub const DEFAULT_FILTER: &str = "info,lapin=off";
+
 /// Installs the global subscriber. `RUST_LOG` sets the level (default
-/// `info`); an invalid `RUST_LOG` is an error (see [`filter`]).
+/// [`DEFAULT_FILTER`]); an invalid `RUST_LOG` is an error (see [`filter`]).
 /// Keep the guard for as long as the process logs: dropping it flushes
 /// what is queued (within [`FINAL_FLUSH_LIMIT`]) and stops the writer.
 pub fn init(format: LogFormat, identifiers: IdentifierLogging) -> Result<LogGuard, ConfigError> {
-    init_with_default(format, identifiers, "info")
+    init_with_default(format, identifiers, DEFAULT_FILTER)
 }
 
 /// Like [`init`], with another level when `RUST_LOG` is unset (the demo is quiet).

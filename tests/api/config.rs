@@ -170,3 +170,30 @@ async fn an_amqp_url_on_an_http_port_says_so_in_logs_and_readyz() {
     signal(child.id(), "TERM");
     wait_exit(&mut child, Duration::from_secs(15), "the worker").await;
 }
+
+/// RabbitMQ's own management port, the likeliest wrong port: it accepts the
+/// connection and says nothing to an AMQP client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_url_on_the_management_port_names_it() {
+    let management = testkit::broker::management_url();
+    let node = management
+        .split_once("://")
+        .map_or(management.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let vars = vars(&[
+        ("LINKER_AMQP_URL", &format!("amqp://guest:guest@{node}/%2f")),
+        ("LINKER_HTTP_ADDR", &free_addr().to_string()),
+    ]);
+    let mut child = spawn_logged(command(&vars).arg("run"), dir.path(), "management");
+    let logs = wait_log(
+        &dir.path().join("management.stderr.log"),
+        &format!("{node} answered, but not as an AMQP broker"),
+    )
+    .await;
+    assert!(logs.contains("sent no AMQP greeting"), "{logs}");
+    assert!(logs.contains("15672?"), "{logs}");
+    signal(child.id(), "TERM");
+    wait_exit(&mut child, Duration::from_secs(15), "the worker").await;
+}

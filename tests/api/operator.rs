@@ -283,6 +283,52 @@ async fn logs_to_a_pipe_or_file_carry_no_colour_codes() {
     assert!(!bytes.contains(&0x1b), "ESC in the logs:\n{text}");
 }
 
+/// `url` with its user's password replaced (user `guest` if it names none).
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("an AMQP URL");
+    let (user, host) = match rest.split_once('@') {
+        Some((credentials, host)) => (credentials.split(':').next().unwrap_or("guest"), host),
+        None => ("guest", rest),
+    };
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// A refused login (wrong password) is one line of the worker's per attempt,
+/// redacted; lapin's own lines, which repeated it raw, are off by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_one_line_per_attempt_without_lapins_own() {
+    let password = "not-the-password-of-guest";
+    let url = with_password(&amqp_url(), password);
+    let vars = with(
+        unreachable_broker_worker("127.0.0.1:0"),
+        &[("LINKER_AMQP_URL", url.as_str())],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_logged(worker(&vars).arg("run"), dir.path(), "worker");
+    let log = dir.path().join("worker.stderr.log");
+    wait_for("two refused attempts", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.matches("ACCESS_REFUSED").count() >= 2)
+    })
+    .await;
+    signal(child.id(), "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15), "the worker").await;
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ACCESS_REFUSED"))
+        .collect();
+    assert!(
+        refused.iter().all(|l| l.contains("broker session failed")),
+        "only the worker's own line names the refusal:\n{text}"
+    );
+    assert!(!text.contains(" lapin::"), "lapin's own lines:\n{text}");
+    assert!(
+        !text.contains(password),
+        "the password in the logs:\n{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_lists_each_missing_object() {
     let sim = start_sim(sim_config()).await;
