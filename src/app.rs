@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -149,7 +148,6 @@ impl Application {
             self.config.retry.circuit_probe_interval,
             stop.clone(),
         ));
-        let permits = Arc::new(Semaphore::new(self.config.link.concurrency.get()));
         let tasks = TaskTracker::new();
         let mut backoff = RECONNECT_MIN;
         let broker = &self.config.broker;
@@ -200,7 +198,7 @@ impl Application {
                 pipeline: &self.pipeline,
                 circuit: &self.circuit,
                 readiness: &self.readiness,
-                permits: &permits,
+                flow: self.linker.flow(),
                 tasks: &tasks,
                 stop: &stop,
                 replica_id: &self.config.broker.replica_id,

@@ -12,7 +12,7 @@ use futures_util::stream::{BoxStream, SelectAll};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,7 +23,7 @@ use super::partitions::{PartitionActivity, consumer_priority};
 use super::settle::{InHand, Pipeline, Route, SessionContext, Source, settle};
 use super::turns::Turns;
 use crate::handler::{Inbound, Role};
-use crate::link::Circuit;
+use crate::link::{Admission, Circuit, Flow};
 use crate::ops::readiness::Readiness;
 
 pub enum SessionEnd {
@@ -37,8 +37,8 @@ pub struct Consumer<'a> {
     pub pipeline: &'a Arc<Pipeline>,
     pub circuit: &'a Circuit,
     pub readiness: &'a Readiness,
-    /// Slots of `LINKER_CONCURRENCY`.
-    pub permits: &'a Arc<Semaphore>,
+    /// Admits the events to link (the flow controller's limit).
+    pub flow: &'a Arc<Flow>,
     pub tasks: &'a TaskTracker,
     pub stop: &'a CancellationToken,
     /// This replica's id, which weighs its claim on each partition.
@@ -82,12 +82,7 @@ struct Dispatch<'a> {
 }
 
 impl Dispatch<'_> {
-    fn spawn(
-        &mut self,
-        source: usize,
-        mut delivery: Delivery,
-        permit: Option<OwnedSemaphorePermit>,
-    ) {
+    fn spawn(&mut self, source: usize, mut delivery: Delivery, admission: Option<Admission>) {
         let received = Instant::now();
         let Consumer {
             session,
@@ -148,7 +143,7 @@ impl Dispatch<'_> {
             prepared,
             turn,
             received,
-            permit,
+            admission,
         };
         tasks.spawn(async move { settle(&context, &sources[source], in_hand).await });
     }
@@ -303,14 +298,16 @@ impl Consumer<'_> {
                 }
                 next = deliveries.next() => match next {
                     Some((source, Ok(delivery))) => {
-                        let permit = tokio::select! {
-                            _ = self.stop.cancelled() => return Ok(false),
-                            permit = self.permits.clone().acquire_owned() => match permit {
-                                Ok(permit) => permit,
-                                Err(_) => return Ok(false),
+                        // Routing to a partition makes no call: bounded by the
+                        // prefetch alone, it must not take the calls' room.
+                        let admission = match dispatch.sources[source].role {
+                            Role::Route(_) => None,
+                            Role::Link => tokio::select! {
+                                _ = self.stop.cancelled() => return Ok(false),
+                                admission = self.flow.admit() => Some(admission),
                             },
                         };
-                        dispatch.spawn(source, delivery, Some(permit));
+                        dispatch.spawn(source, delivery, admission);
                     }
                     Some((_, Err(error))) => {
                         return Err(SessionEnd::Lost(format!("delivery stream failed: {error}")));

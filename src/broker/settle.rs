@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckBatcher;
@@ -17,6 +16,7 @@ use super::topology::Topology;
 use super::turns::Turn;
 use crate::domain::{DeadLetterReason, Outcome};
 use crate::handler::{Handler, Prepared, Role};
+use crate::link::Admission;
 use crate::ops::metrics::Metrics;
 use crate::ops::record::{self, Settled};
 
@@ -172,8 +172,9 @@ pub struct InHand {
     /// Its place in its visitor's line.
     pub turn: Turn,
     pub received: Instant,
-    /// A slot of `LINKER_CONCURRENCY` (none for deliveries handed back while paused).
-    pub permit: Option<OwnedSemaphorePermit>,
+    /// Its place among the events in hand (`link::flow`; none for routing,
+    /// which makes no call).
+    pub admission: Option<Admission>,
 }
 
 /// Finishes one delivery and settles it. Every path ends in an ack, or in the
@@ -181,7 +182,7 @@ pub struct InHand {
 /// requeues it): when a confirmed copy cannot be made, the broker side is not
 /// healthy, and a nack would only redeliver it at once, again and again.
 ///
-/// The permit is given back once the outcome is durable, before the ack is
+/// The admission is given back once the outcome is durable, before the ack is
 /// written: the ack needs no slot. So is the visitor's turn: the next event
 /// of the visitor may go once this one's copy is confirmed.
 pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
@@ -191,7 +192,7 @@ pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
         prepared,
         mut turn,
         received,
-        permit,
+        admission,
     } = in_hand;
     let pipeline = &ctx.pipeline;
     pipeline.metrics.in_flight.inc();
@@ -250,7 +251,7 @@ pub async fn settle(ctx: &SessionContext, source: &Source, in_hand: InHand) {
         }
     }
     drop(turn);
-    drop(permit);
+    drop(admission);
     if let Err(error) = ctx.acks.ack(delivery.delivery_tag).await {
         // The channel died: the broker will redeliver; handling is idempotent.
         tracing::debug!(event_id, %error, "ack failed; the broker will redeliver");

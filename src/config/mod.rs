@@ -131,8 +131,8 @@ pub struct LinkConfig {
     pub secret_key: SecretKey,
     /// `LINKER_HTTP_TIMEOUT`, default 5s.
     pub http_timeout: Duration,
-    /// `LINKER_CONCURRENCY`, default 128: messages handled at once, and the
-    /// ceiling of the adaptive limit on link calls in flight.
+    /// `LINKER_CONCURRENCY`, default 128: the ceiling of the adaptive limit
+    /// on link calls in flight, and of the messages in hand that follow it.
     pub concurrency: NonZeroUsize,
     /// `LINKER_MAX_REQUESTS_PER_SECOND`, default unset: a fixed pace of link
     /// calls, per process.

@@ -125,7 +125,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable(
         "LINKER_CONCURRENCY",
         "128",
-        "messages handled at once; the ceiling of the adaptive limit",
+        "the ceiling of the adaptive limit on calls (and on messages in hand)",
     ),
     Variable(
         "LINKER_MAX_REQUESTS_PER_SECOND",

@@ -9,11 +9,19 @@
 //!   pace is dropped once it has doubled without meeting a limit.
 //!   `LINKER_MAX_REQUESTS_PER_SECOND` adds a fixed pace of its own.
 //! - **Limit**: the calls in flight follow an AIMD limit between 1 and
-//!   `LINKER_CONCURRENCY` (where it starts, so a healthy endpoint costs
-//!   nothing): +1 per round trip while the limit is in use and latency stays
-//!   within twice its baseline (or within [`LATENCY_SLACK`] of it); ×0.9 (at
-//!   most once per round trip) on a rate limit, a timeout, a 5xx, or latency
-//!   above that.
+//!   `LINKER_CONCURRENCY`. It starts at [`SLOW_START_FROM`] and doubles each
+//!   round trip (slow start, as TCP's) up to the ceiling or the first sign of
+//!   overload, so the latency baseline is learned before a backlog fills the
+//!   endpoint; then +1 per round trip while the limit is in use and latency
+//!   stays under its threshold; ×0.9 (at most once per round trip) on a rate
+//!   limit, a timeout, a 5xx, or latency above it. The threshold is the
+//!   highest of twice the baseline, the baseline plus [`LATENCY_SLACK`], and
+//!   the baseline plus four times the latency's mean deviation: a rise the
+//!   endpoint's own jitter explains is not overload.
+//! - **Admission**: the events in hand (deliveries being worked towards a
+//!   call) follow the limit, a quarter above it, so what the limit holds back
+//!   waits in the broker rather than in the process, where it would only add
+//!   to every event's time from delivery to ack.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -31,6 +39,8 @@ use crate::ops::metrics::Metrics;
 /// the retry ladder like any failed call.
 pub const PATIENCE: Duration = Duration::from_secs(300);
 
+/// Where the limit starts (or the ceiling, if lower).
+pub const SLOW_START_FROM: usize = 16;
 /// How slowly the latency baseline follows a latency that stays higher.
 const BASELINE_CREEP: Duration = Duration::from_secs(60);
 /// Latency above this many times its baseline counts as overload…
@@ -41,6 +51,9 @@ const LATENCY_TOLERANCE: f64 = 2.0;
 /// throughput (BENCHMARKS.md). An endpoint over the network is slower than
 /// this, so the ratio decides there.
 const LATENCY_SLACK: f64 = 0.010;
+/// …and once it is above what the latency's own spread explains: this many
+/// mean deviations past the baseline (TCP's retransmission timeout uses 4).
+const DEVIATIONS: f64 = 4.0;
 const DECREASE: f64 = 0.9;
 /// The pace after a rate limit: this share of the rate that met it…
 const PACE_AFTER_LIMIT: f64 = 0.9;
@@ -56,6 +69,8 @@ pub struct Flow {
     pace: Mutex<Pace>,
     limit: Mutex<Limit>,
     slot_freed: Notify,
+    /// Room for one more event in hand.
+    room: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -132,10 +147,15 @@ struct Limit {
     limit: f64,
     ceiling: f64,
     in_flight: usize,
-    /// Smoothed latency of the last calls, and the lowest it has been
-    /// (creeping up over a minute, so an endpoint that got slower for good
-    /// is not taken as overloaded for ever), in seconds.
+    /// Events admitted into the process ([`Admission`]).
+    in_hand: usize,
+    /// Doubling per round trip until the first overload or the ceiling.
+    slow_start: bool,
+    /// Smoothed latency of the last calls, its mean deviation, and the
+    /// lowest it has been (creeping up over a minute, so an endpoint that
+    /// got slower for good is not taken as overloaded for ever), in seconds.
     recent: Option<f64>,
+    deviation: f64,
     baseline: Option<f64>,
     baseline_at: Option<Instant>,
     last_decrease: Option<Instant>,
@@ -168,7 +188,10 @@ impl Limit {
             limit: start,
             ceiling,
             in_flight: 0,
+            in_hand: 0,
+            slow_start: start < ceiling,
             recent: None,
+            deviation: 0.0,
             baseline: None,
             baseline_at: None,
             last_decrease: None,
@@ -177,6 +200,16 @@ impl Limit {
 
     fn allowed(&self) -> usize {
         (self.limit as usize).max(1)
+    }
+
+    /// Events the process may hold: the calls the limit allows, a quarter
+    /// more for the events that need no call or are settling, never more
+    /// than the ceiling.
+    fn admissible(&self) -> usize {
+        let allowed = self.allowed();
+        (allowed + allowed / 4 + 1)
+            .min(self.ceiling as usize)
+            .max(1)
     }
 
     fn decrease(&mut self, now: Instant) {
@@ -188,6 +221,7 @@ impl Limit {
             return;
         }
         self.limit = (self.limit * DECREASE).max(1.0);
+        self.slow_start = false;
         self.last_decrease = Some(now);
     }
 
@@ -198,11 +232,17 @@ impl Limit {
             Signal::Overloaded => self.decrease(now),
             Signal::Answered(latency) => {
                 let latency = latency.as_secs_f64();
-                let recent = match self.recent {
-                    Some(r) => r + 0.2 * (latency - r),
-                    None => latency,
+                // Smoothed as TCP smooths round trips (RFC 6298): the first
+                // sample's deviation is half of it.
+                let (recent, deviation) = match self.recent {
+                    Some(r) => (
+                        r + 0.2 * (latency - r),
+                        self.deviation + 0.2 * ((latency - r).abs() - self.deviation),
+                    ),
+                    None => (latency, latency / 2.0),
                 };
                 self.recent = Some(recent);
+                self.deviation = deviation;
                 // Creeps up with a time constant of a minute, whatever the
                 // call rate: sustained overload must not become the baseline
                 // within seconds.
@@ -215,10 +255,21 @@ impl Limit {
                 };
                 self.baseline = Some(baseline);
                 self.baseline_at = Some(now);
-                if recent > (baseline * LATENCY_TOLERANCE).max(baseline + LATENCY_SLACK) {
+                let threshold = (baseline * LATENCY_TOLERANCE)
+                    .max(baseline + LATENCY_SLACK)
+                    .max(baseline + DEVIATIONS * deviation);
+                if recent > threshold {
                     self.decrease(now);
                 } else if busy {
-                    self.limit = (self.limit + 1.0 / self.limit).min(self.ceiling);
+                    // +1 per answer doubles the limit each round trip; +1/limit
+                    // adds one.
+                    let step = if self.slow_start {
+                        1.0
+                    } else {
+                        1.0 / self.limit
+                    };
+                    self.limit = (self.limit + step).min(self.ceiling);
+                    self.slow_start &= self.limit < self.ceiling;
                 }
             }
         }
@@ -232,7 +283,9 @@ impl Flow {
         metrics: Arc<Metrics>,
     ) -> Self {
         let ceiling = ceiling.max(1) as f64;
-        metrics.concurrency_limit.set(ceiling as i64);
+        metrics
+            .concurrency_limit
+            .set(ceiling.min(SLOW_START_FROM as f64) as i64);
         Self {
             paused_until: Mutex::new(None),
             pace: Mutex::new(Pace {
@@ -241,9 +294,31 @@ impl Flow {
                 next_slot: Instant::now(),
                 recent: VecDeque::new(),
             }),
-            limit: Mutex::new(Limit::new(ceiling, ceiling)),
+            limit: Mutex::new(Limit::new(ceiling.min(SLOW_START_FROM as f64), ceiling)),
             slot_freed: Notify::new(),
+            room: Notify::new(),
             metrics,
+        }
+    }
+
+    /// Waits until the process may take one more event in hand (see
+    /// [`Limit::admissible`]); the admission ends when dropped.
+    pub async fn admit(self: &Arc<Self>) -> Admission {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut limit = lock(&self.limit);
+                if limit.in_hand < limit.admissible() {
+                    limit.in_hand += 1;
+                    break;
+                }
+            }
+            room.await;
+        }
+        Admission {
+            flow: Arc::clone(self),
         }
     }
 
@@ -320,15 +395,35 @@ impl Flow {
     }
 
     fn finish(&self, signal: Signal) {
-        let allowed = {
+        let (before, allowed) = {
             let mut limit = lock(&self.limit);
-            let busy = limit.in_flight >= limit.allowed();
+            let before = limit.allowed();
+            let busy = limit.in_flight >= before;
             limit.in_flight = limit.in_flight.saturating_sub(1);
             limit.record(signal, busy, Instant::now());
-            limit.allowed()
+            (before, limit.allowed())
         };
         self.metrics.concurrency_limit.set(allowed as i64);
         self.slot_freed.notify_one();
+        // A grown limit: room for more calls, and more events in hand.
+        for _ in before..allowed {
+            self.slot_freed.notify_one();
+            self.room.notify_one();
+        }
+    }
+}
+
+/// One event in hand, counted against [`Limit::admissible`].
+pub struct Admission {
+    flow: Arc<Flow>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut limit = lock(&self.flow.limit);
+        limit.in_hand = limit.in_hand.saturating_sub(1);
+        drop(limit);
+        self.flow.room.notify_one();
     }
 }
 
@@ -459,6 +554,61 @@ mod tests {
             limit.record(Signal::Answered(Duration::from_millis(15)), true, at);
         }
         assert!(limit.allowed() < 128, "{}", limit.allowed());
+    }
+
+    /// A toy endpoint that serves 16 calls at once in 10 ms and queues the
+    /// rest (0.625 ms more per call beyond 16): calls made one round trip at
+    /// a time, each seeing the latency of the limit in force.
+    fn run_against_capacity(limit: &mut Limit, round_trips: usize) -> Vec<usize> {
+        let mut now = Instant::now();
+        let mut seen = Vec::new();
+        for _ in 0..round_trips {
+            let n = limit.allowed();
+            let latency = 0.010 + (n.saturating_sub(16) as f64) * 0.000_625;
+            for _ in 0..n {
+                now += Duration::from_secs_f64(latency / n as f64);
+                limit.record(
+                    Signal::Answered(Duration::from_secs_f64(latency)),
+                    true,
+                    now,
+                );
+            }
+            seen.push(limit.allowed());
+        }
+        seen
+    }
+
+    #[test]
+    fn slow_start_learns_the_unloaded_latency_and_stops_past_the_knee() {
+        let mut limit = Limit::new(16.0, 128.0);
+        let seen = run_against_capacity(&mut limit, 400);
+        // Doubling at first, well past 16…
+        assert!(seen[1] >= 30, "{seen:?}");
+        // …but held near twice the latency of 16 calls (32 in flight), far
+        // from the ceiling, where a start at 128 would have taken 80 ms as
+        // the baseline.
+        let settled = &seen[200..];
+        assert!(
+            settled.iter().all(|&n| (20..=40).contains(&n)),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn jitter_is_not_overload() {
+        // 0.1 to 6.1 s, spread evenly (a fixed sequence, not a random one).
+        let mut limit = Limit::new(16.0, 64.0);
+        let mut now = Instant::now();
+        for i in 0..2_000u64 {
+            let latency = 0.1 + ((i * 7_919) % 61) as f64 / 10.0;
+            now += Duration::from_millis(50);
+            limit.record(
+                Signal::Answered(Duration::from_secs_f64(latency)),
+                true,
+                now,
+            );
+        }
+        assert!(limit.allowed() >= 48, "{}", limit.allowed());
     }
 
     #[test]

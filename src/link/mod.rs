@@ -16,7 +16,7 @@ mod single_flight;
 pub use cache::LinkedCache;
 pub use circuit::{Circuit, TripReason};
 pub use client::{LinkClient, parse_retry_after};
-pub use flow::Flow;
+pub use flow::{Admission, Flow};
 pub use policy::{CallError, TargetHealth, Verdict};
 pub use probe::{EndpointCheck, probe_loop};
 pub use single_flight::Linker;

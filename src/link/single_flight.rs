@@ -40,7 +40,7 @@ const SHARDS: usize = 16;
 
 pub struct Linker {
     client: LinkClient,
-    flow: Flow,
+    flow: Arc<Flow>,
     check: Arc<EndpointCheck>,
     cache: LinkedCache,
     circuit: Arc<Circuit>,
@@ -87,7 +87,7 @@ impl Linker {
         Self {
             check: Arc::new(EndpointCheck::new(client.clone())),
             client,
-            flow,
+            flow: Arc::new(flow),
             cache,
             circuit,
             metrics,
@@ -105,7 +105,8 @@ impl Linker {
         &self.client
     }
 
-    pub fn flow(&self) -> &Flow {
+    /// Shared with the consumer, which admits events by it.
+    pub fn flow(&self) -> &Arc<Flow> {
         &self.flow
     }
 

@@ -71,9 +71,10 @@ async fn the_concurrency_limit_falls_under_overload_and_recovers() {
         latency_ms: 10,
         capacity: Some(Capacity {
             max_in_flight: 4,
-            // 40 ms at 16 in flight: four times the unloaded latency; within
-            // twice of it only up to 8.
-            latency_per_extra_ms: 2.5,
+            // 70 ms at 16 in flight, 35 ms at 9: within twice the unloaded
+            // latency only up to 6, so the limit falls even on a loaded
+            // machine whose pipeline keeps fewer calls in flight than it allows.
+            latency_per_extra_ms: 5.0,
             hard_limit: 10_000,
             retry_after_secs: None,
         }),
