@@ -99,8 +99,13 @@ enum DlqCommand {
 /// Exit status for a configuration error.
 pub const EXIT_CONFIG: u8 = 2;
 
+/// The error, then a note for each unknown `LINKER_*` variable: a typo
+/// (`LINKER_MOS_ENDPIONT_URL`) is the likeliest cause of a "required" one.
 fn config_error(error: &ConfigError) -> ExitCode {
     eprintln!("configuration error: {error}");
+    for note in crate::config::unknown_notes(std::env::vars()) {
+        eprintln!("  note: {note}");
+    }
     ExitCode::from(EXIT_CONFIG)
 }
 

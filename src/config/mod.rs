@@ -21,7 +21,9 @@ use self::values::{
     non_zero, number, optional_count, optional_rate, parsed, partitions, pointers,
     positive_duration, replica_id, retry_ladder, secret_key,
 };
-pub use self::variables::{VARIABLES, Variable, help as variables_help, warn_unknown};
+pub use self::variables::{
+    VARIABLES, Variable, help as variables_help, unknown_notes, warn_unknown,
+};
 pub use crate::domain::delay_label;
 use crate::domain::{Blocklist, JsonPointers, RetryLadder};
 

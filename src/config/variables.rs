@@ -252,22 +252,26 @@ fn distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// One sentence for each unknown `LINKER_*` variable in `vars`.
+pub fn unknown_notes(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let names: Vec<String> = vars.into_iter().map(|(k, _)| k).collect();
+    unknown(names.iter().map(String::as_str))
+        .into_iter()
+        .map(|(name, suggestion)| match suggestion {
+            Some(known) => format!("unknown variable {name} is ignored; did you mean {known}?"),
+            None => format!(
+                "unknown variable {name} is ignored (`identity-link-worker run --help` lists them)"
+            ),
+        })
+        .collect()
+}
+
 /// Logs one warning for each unknown `LINKER_*` variable in `vars` (after
 /// the logs are set up): a typo would otherwise leave a default in force
 /// without a word.
 pub fn warn_unknown(vars: impl IntoIterator<Item = (String, String)>) {
-    let names: Vec<String> = vars.into_iter().map(|(k, _)| k).collect();
-    for (name, suggestion) in unknown(names.iter().map(String::as_str)) {
-        match suggestion {
-            Some(known) => tracing::warn!(
-                variable = %name,
-                "unknown variable {name} is ignored; did you mean {known}?"
-            ),
-            None => tracing::warn!(
-                variable = %name,
-                "unknown variable {name} is ignored (`identity-link-worker run --help` lists them)"
-            ),
-        }
+    for note in unknown_notes(vars) {
+        tracing::warn!("{note}");
     }
 }
 

@@ -111,6 +111,32 @@ async fn an_unknown_variable_is_warned_about_once_with_a_suggestion() {
     assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
 }
 
+/// The typo that causes the error is named with it: the worker, and
+/// `check-config`, stop at the missing variable before any log is set up.
+#[test]
+fn a_missing_variable_names_the_typo_that_was_meant_for_it() {
+    let vars = testkit::names::without(
+        vars(&[("LINKER_MOS_ENDPIONT_URL", "http://typo/")]),
+        "LINKER_MOS_ENDPOINT_URL",
+    );
+    for subcommand in ["run", "check-config"] {
+        let output = command(&vars).arg(subcommand).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{subcommand}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{subcommand}: {stderr}");
+        assert!(
+            lines[0].starts_with("configuration error: LINKER_MOS_ENDPOINT_URL: is required"),
+            "{subcommand}: {stderr}"
+        );
+        assert_eq!(
+            lines[1],
+            "  note: unknown variable LINKER_MOS_ENDPIONT_URL is ignored; did you mean LINKER_MOS_ENDPOINT_URL?",
+            "{subcommand}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_older_than_the_minimum_stops_the_start_with_one_line() {
     let old = fake_amqp::old_rabbitmq("3.9.29").await;
