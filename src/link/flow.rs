@@ -202,6 +202,20 @@ impl Limit {
         (self.limit as usize).max(1)
     }
 
+    /// One more call in flight, if the limit allows it.
+    fn take_call(&mut self) -> bool {
+        let free = self.in_flight < self.allowed();
+        self.in_flight += usize::from(free);
+        free
+    }
+
+    /// One more event in hand, if [`Self::admissible`] allows it.
+    fn take_in_hand(&mut self) -> bool {
+        let free = self.in_hand < self.admissible();
+        self.in_hand += usize::from(free);
+        free
+    }
+
     /// Events the process may hold: the calls the limit allows, a quarter
     /// more for the events that need no call or are settling, never more
     /// than the ceiling.
@@ -304,19 +318,7 @@ impl Flow {
     /// Waits until the process may take one more event in hand (see
     /// [`Limit::admissible`]); the admission ends when dropped.
     pub async fn admit(self: &Arc<Self>) -> Admission {
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let mut limit = lock(&self.limit);
-                if limit.in_hand < limit.admissible() {
-                    limit.in_hand += 1;
-                    break;
-                }
-            }
-            room.await;
-        }
+        self.wait_for_place(&self.room, Limit::take_in_hand).await;
         Admission {
             flow: Arc::clone(self),
         }
@@ -326,19 +328,8 @@ impl Flow {
     /// under the limit. The returned turn gives the place back when dropped.
     pub async fn turn(&self) -> Turn<'_> {
         self.wait_out_pause().await;
-        loop {
-            let freed = self.slot_freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            {
-                let mut limit = lock(&self.limit);
-                if limit.in_flight < limit.allowed() {
-                    limit.in_flight += 1;
-                    break;
-                }
-            }
-            freed.await;
-        }
+        self.wait_for_place(&self.slot_freed, Limit::take_call)
+            .await;
         let turn = Turn {
             flow: self,
             done: false,
@@ -348,6 +339,20 @@ impl Flow {
         // A pause that began while this call waited for its slot holds it too.
         self.wait_out_pause().await;
         turn
+    }
+
+    /// Waits, woken by `wake`, until `take` finds a place under the lock
+    /// (and counts it). Registered before the check, so no wake-up is lost.
+    async fn wait_for_place(&self, wake: &Notify, take: fn(&mut Limit) -> bool) {
+        loop {
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if take(&mut lock(&self.limit)) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     async fn wait_out_pause(&self) {
